@@ -1,0 +1,1 @@
+"""Benchmarks: each module has run(config) -> dict of ratios measured in one run."""
