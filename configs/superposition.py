@@ -1,0 +1,67 @@
+"""Toy models of superposition (Elhage et al. 2022), variants by argument.
+
+  python -m launch.superposition --config=configs/superposition.py:seed40 --workdir=/tmp/tms40
+  python -m launch.superposition --config=configs/superposition.py:feature_geometry --workdir=/tmp/tmsfg
+  python -m launch.superposition --config=configs/superposition.py:phase --workdir=/tmp/tmsphase
+
+Override any field on the command line, e.g. --config.steps=2000 --config.toy.seeds=3.
+The optimiser follows the released notebook: AdamW, lr 1e-3 constant, weight decay 0.01
+(PyTorch's default), batch 1024, 10,000 steps, xavier-normal init, b = 0.
+"""
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxcode.train.loop import default_train_config
+
+VARIANTS = ("seed40", "feature_geometry", "phase", "tiny")
+
+
+def get_config(variant: str = "seed40") -> ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+  c = default_train_config()
+  c.variant = variant          # the name written into results.json
+  c.steps = 10_000
+  c.log_every = 500
+  c.checkpoint.every = 2_000
+  c.mesh.data = 1              # the batch axis of every instance
+  c.mesh.model = -1            # the instance axis: instances are split over all devices
+  c.optim.name = "adamw"
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.01
+  c.toy = ConfigDict(dict(
+      n=40,                    # features
+      m=5,                     # hidden dimensions
+      importance="linear",     # linear (importance_max -> importance_min) | uniform | geometric
+      importance_max=1.0,      # first feature's importance (linear)
+      importance_min=0.1,      # last feature's importance (linear)
+      importance_decay=0.9,    # I_i = decay^i (geometric)
+      sparsities=[0.1, 0.5, 0.9],  # S: probability that a feature is zero
+      models=["linear", "relu"],   # output models trained side by side
+      seeds=1,                 # independent instances per (model, sparsity)
+      batch=1024,              # samples per instance per step
+      init_std=0.0,            # 0: the notebook's xavier std sqrt(2 / (n m + L m)), L = #sparsities
+      relative_importance=[],  # phase diagram only: importance of feature 2 (feature 1 has 1)
+  ))
+  if variant == "feature_geometry":
+    c.toy.n, c.toy.m = 200, 20
+    c.toy.importance = "uniform"
+    c.toy.sparsities = [float(1.0 - 20.0 ** (-k / 19)) for k in range(20)]
+    c.toy.models = ["relu"]
+  elif variant == "phase":
+    c.toy.n, c.toy.m = 2, 1
+    c.toy.importance = "uniform"
+    c.toy.models = ["relu"]
+    c.toy.sparsities = [float(1.0 - d) for d in np.logspace(-2, 0, 12)]
+    c.toy.relative_importance = [float(r) for r in np.logspace(-1, 1, 12)]
+    c.steps = 4_000
+    c.checkpoint.every = 1_000
+  elif variant == "tiny":      # seconds on a laptop; what the tests run
+    c.toy.n, c.toy.m = 8, 2
+    c.toy.sparsities = [0.0, 0.9]
+    c.toy.batch = 64
+    c.steps = 200
+    c.log_every = 50
+    c.checkpoint.every = 50
+  return c

@@ -1,0 +1,107 @@
+"""What a trained toy model stores, and how: the quantities of Elhage et al. (2022).
+
+W is stored [n, m]: row W_i is feature i's direction in the hidden space.
+- WtW = W W^T [n, n] (the paper's W^T W in its column convention);
+- norms ||W_i||;
+- superposition_i = sum_{j != i} (W_i_hat . W_j)^2;
+- feature dimensionality D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2;
+- dimensions per feature D* = m / ||W||_F^2.
+All in float64 on the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Uniform polytopes and their feature dimensionality (paper, "Feature geometry").
+FRACTIONS = {"1": 1.0, "3/4": 0.75, "2/3": 2 / 3, "1/2": 0.5, "2/5": 0.4, "3/8": 0.375, "1/3": 1 / 3}
+
+
+def gram(w_NM) -> np.ndarray:
+  w = np.asarray(w_NM, np.float64)
+  return w @ w.T
+
+
+def feature_norms(w_NM) -> np.ndarray:
+  return np.linalg.norm(np.asarray(w_NM, np.float64), axis=1)
+
+
+def _interference(w_NM) -> tuple[np.ndarray, np.ndarray]:
+  w = np.asarray(w_NM, np.float64)
+  norms = np.linalg.norm(w, axis=1)
+  unit = w / np.maximum(norms, 1e-6)[:, None]
+  return norms, (unit @ w.T) ** 2     # [i, j] = (W_i_hat . W_j)^2
+
+
+def superposition(w_NM) -> np.ndarray:
+  norms, inter = _interference(w_NM)
+  return inter.sum(1) - np.diag(inter)
+
+
+def feature_dimensionality(w_NM) -> np.ndarray:
+  norms, inter = _interference(w_NM)
+  denom = inter.sum(1)
+  return np.where(denom > 0, norms ** 2 / np.where(denom > 0, denom, 1.0), 0.0)
+
+
+def dims_per_feature(w_NM) -> float:
+  w = np.asarray(w_NM, np.float64)
+  return float(w.shape[1] / np.sum(w ** 2))
+
+
+def represented(w_NM, threshold: float = 0.5) -> np.ndarray:
+  """Features whose direction has norm above `threshold` (learned features have ~1)."""
+  return feature_norms(w_NM) > threshold
+
+
+def summarize(w_NM, b_N) -> dict:
+  """Every per-instance quantity the results file and figures use."""
+  norms = feature_norms(w_NM)
+  g = gram(w_NM)
+  rep = norms > 0.5
+  off = g[np.ix_(rep, rep)] - np.diag(np.diag(g[np.ix_(rep, rep)]))
+  return {
+      "dims_per_feature": dims_per_feature(w_NM),
+      "feature_dimensionality": feature_dimensionality(w_NM).tolist(),
+      "feature_norms": norms.tolist(),
+      "superposition": superposition(w_NM).tolist(),
+      "bias": np.asarray(b_N, np.float64).tolist(),
+      "n_represented": int(rep.sum()),
+      "frobenius_sq": float(np.sum(np.asarray(w_NM, np.float64) ** 2)),
+      "max_offdiag_represented": float(np.abs(off).max()) if rep.sum() > 1 else 0.0,
+  }
+
+
+def fraction_counts(dims, tol: float = 0.02, min_dim: float = 0.1) -> dict:
+  """How many D_i (>= min_dim) lie within tol of each named fraction."""
+  d = np.asarray(dims, np.float64)
+  d = d[d >= min_dim]
+  return {k: int(np.sum(np.abs(d - v) <= tol)) for k, v in FRACTIONS.items()}
+
+
+def histogram_peaks(dims, bins: np.ndarray | None = None, min_dim: float = 0.1) -> list[float]:
+  """Centres of local maxima of the D_i histogram (bins of width 0.02 on [0, 1.02))."""
+  d = np.asarray(dims, np.float64)
+  d = d[d >= min_dim]
+  bins = np.arange(0.0, 1.04, 0.02) if bins is None else bins
+  counts, edges = np.histogram(d, bins=bins)
+  centres = 0.5 * (edges[1:] + edges[:-1])
+  peaks = []
+  for i, c in enumerate(counts):
+    left = counts[i - 1] if i > 0 else -1
+    right = counts[i + 1] if i + 1 < len(counts) else -1
+    if c >= 3 and c >= left and c > right:
+      peaks.append(float(centres[i]))
+  return peaks
+
+
+def phase_of(w_NM, threshold: float = 0.5) -> int:
+  """Two-feature phase (n=2, m=1): 0 feature 2 not represented, 1 feature 2 takes the
+  dimension alone, 2 both features share it (superposition, antipodal)."""
+  norms = feature_norms(w_NM)
+  on = norms > threshold
+  if on[0] and on[1]:
+    return 2
+  if on[1]:
+    return 1
+  return 0

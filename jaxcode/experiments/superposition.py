@@ -1,0 +1,193 @@
+"""Toy models of superposition: a sweep of instances trained at once, analysed, plotted.
+
+run(config, workdir) writes workdir/{config.json, metrics.jsonl, checkpoints/,
+results.json, figures/*.png}; rerunning resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxcode import parallel
+from jaxcode.analysis import superposition as sup
+from jaxcode.data import sparse_features
+from jaxcode.experiments import common
+from jaxcode.models import toy
+from jaxcode.parallel import ConfigError
+from jaxcode.train import checkpoint as ckpt_lib
+from jaxcode.train import loop
+
+MODELS = ("linear", "relu")
+IMPORTANCE = ("linear", "uniform", "geometric")
+
+
+@dataclasses.dataclass
+class Instances:
+  """Per-instance settings; the first `n_real` are the requested ones, the rest padding."""
+  model: list[str]
+  sparsity: np.ndarray        # [I]
+  importance: np.ndarray      # [I, n]
+  relative_importance: np.ndarray  # [I] (phase variant: importance of feature 2; else 1)
+  seed: list[int]
+  n_real: int
+
+
+def importance_vector(tc) -> np.ndarray:
+  n = int(tc.n)
+  if tc.importance == "uniform":
+    return np.ones(n)
+  if tc.importance == "geometric":
+    return float(tc.importance_decay) ** np.arange(n)
+  return np.linspace(float(tc.importance_max), float(tc.importance_min), n)
+
+
+def validate(config, workdir: str) -> tuple[int, int]:
+  """Checks everything that can be checked before compute; returns the mesh sizes."""
+  tc = config.toy
+  for name in ("n", "m", "batch", "seeds"):
+    v = tc[name]
+    if not isinstance(v, int) or v <= 0:
+      raise ConfigError(f"toy.{name}={v!r}: expected a positive integer")
+  if tc.importance not in IMPORTANCE:
+    raise ConfigError(f"toy.importance={tc.importance!r}: expected one of {IMPORTANCE}")
+  if not tc.sparsities:
+    raise ConfigError("toy.sparsities=[]: expected at least one sparsity in [0, 1)")
+  for s in tc.sparsities:
+    if not 0.0 <= float(s) < 1.0:
+      raise ConfigError(f"toy.sparsities contains {s}: expected values in [0, 1)")
+  for mdl in tc.models:
+    if mdl not in MODELS:
+      raise ConfigError(f"toy.models contains {mdl!r}: expected 'linear' or 'relu'")
+  if tc.relative_importance:
+    if int(tc.n) != 2:
+      raise ConfigError(f"toy.n={tc.n}: the phase diagram (relative_importance set) needs n=2")
+    for r in tc.relative_importance:
+      if float(r) <= 0:
+        raise ConfigError(f"toy.relative_importance contains {r}: expected positive values")
+  if float(tc.init_std) < 0:
+    raise ConfigError(f"toy.init_std={tc.init_std}: expected >= 0 (0 selects the notebook's)")
+  loop.validate_train_config(config)
+  data, model = parallel.resolve_axis_sizes(config.mesh.data, config.mesh.model,
+                                            jax.device_count())
+  if tc.batch % data:
+    raise ConfigError(f"toy.batch={tc.batch}: expected a multiple of the data axis size {data}")
+  common.check_workdir(workdir)
+  ckpt_lib.check_directory(os.path.join(workdir, "checkpoints"))
+  return data, model
+
+
+def build_instances(tc, pad_to: int) -> Instances:
+  base = importance_vector(tc)
+  rel = [float(r) for r in tc.relative_importance] or [1.0]
+  rows = list(itertools.product(list(tc.models), rel, [float(s) for s in tc.sparsities],
+                                range(int(tc.seeds))))
+  n_real = len(rows)
+  while len(rows) % pad_to:
+    rows.append(rows[-1])
+  model, r_, s_, seed = zip(*rows)
+  imp = np.stack([base * np.array([1.0] + [r] * (len(base) - 1)) if tc.relative_importance
+                  else base for r in r_])
+  return Instances(list(model), np.array(s_), imp, np.array(r_), list(seed), n_real)
+
+
+def init_std(tc) -> float:
+  """The notebook's xavier-normal std on the joint [L, n, m] tensor (L sparsity levels)."""
+  if float(tc.init_std) > 0:
+    return float(tc.init_std)
+  n, m, levels = int(tc.n), int(tc.m), len(tc.sparsities)
+  return float(np.sqrt(2.0 / (n * m + levels * m)))
+
+
+def make_task(config, inst: Instances, mesh) -> loop.Task:
+  tc = config.toy
+  model = toy.ToyModel(n=int(tc.n), m=int(tc.m), init_std=init_std(tc))
+  num = len(inst.model)
+  ids = jnp.arange(num, dtype=jnp.int32)
+  x_sharding = NamedSharding(mesh, P(parallel.MODEL, parallel.DATA, None))
+
+  def init(key):
+    aux = {"importance": jnp.asarray(inst.importance, jnp.float32),
+           "sparsity": jnp.asarray(inst.sparsity, jnp.float32),
+           "relu": jnp.asarray([m == "relu" for m in inst.model]),
+           "ids": ids}
+    return toy.init_instances(model, key, ids), aux
+
+  def device_batch(key, step):
+    sparsity = jnp.asarray(inst.sparsity, jnp.float32)
+    x = sparse_features.sample_instances(key, ids, int(tc.batch), int(tc.n), sparsity)
+    return jax.lax.with_sharding_constraint(x, x_sharding)
+
+  def loss(params, aux, x, key, step):
+    per = toy.weighted_mse(model, params, x, aux["importance"], aux["relu"])
+    return per.sum(), ({"instance_loss": per}, aux)
+
+  rules = [(r".*", P(parallel.MODEL))]   # every leaf's leading axis is the instance axis
+  meta = {"n": int(tc.n), "m": int(tc.m), "instances": num,
+          "sparsities": [float(s) for s in tc.sparsities], "models": list(tc.models)}
+  return loop.Task(init=init, loss=loss, device_batch=device_batch, param_rules=rules,
+                   aux_rules=rules, meta=meta)
+
+
+def analyse(params, inst: Instances) -> list[dict]:
+  w = np.asarray(jax.device_get(params["W"]), np.float64)
+  b = np.asarray(jax.device_get(params["b"]), np.float64)
+  out = []
+  for i in range(inst.n_real):
+    rec = {"model": inst.model[i], "sparsity": float(inst.sparsity[i]),
+           "density": float(1.0 - inst.sparsity[i]),
+           "importance": inst.importance[i].tolist(),
+           "relative_importance": float(inst.relative_importance[i]), "seed": int(inst.seed[i])}
+    rec.update(sup.summarize(w[i], b[i]))
+    rec["wtw"] = sup.gram(w[i]).tolist()
+    out.append(rec)
+  return out
+
+
+def summary(instances: list[dict]) -> dict:
+  """Headline numbers per model kind: D* per sparsity, plateaus, represented features."""
+  out = {}
+  for kind in MODELS:
+    rows = sorted((r for r in instances if r["model"] == kind), key=lambda r: r["sparsity"])
+    if not rows:
+      continue
+    dims = np.concatenate([r["feature_dimensionality"] for r in rows])
+    out[kind] = {
+        "inverse_density": [1.0 / r["density"] for r in rows],
+        "dims_per_feature": [r["dims_per_feature"] for r in rows],
+        "n_represented": [r["n_represented"] for r in rows],
+        "max_offdiag_represented": [r["max_offdiag_represented"] for r in rows],
+        "fraction_counts": sup.fraction_counts(dims),
+        "histogram_peaks": sup.histogram_peaks(dims),
+    }
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  """Trains the configured sweep in `workdir` (resuming) and writes results and figures."""
+  _, model_axis = validate(config, workdir)
+  parallel.maybe_initialize_from_config(config.distributed)
+  mesh = parallel.mesh_from_config(config.mesh)
+  inst = build_instances(config.toy, pad_to=model_axis)
+  if parallel.is_main_process():
+    common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  task = make_task(config, inst, mesh)
+  result = loop.train(task, config, workdir, mesh=mesh)
+  records = analyse(result.state.params, inst)
+  out = {"experiment": "superposition", "variant": config.get("variant", ""),
+         "n": int(config.toy.n), "m": int(config.toy.m), "steps": int(config.steps),
+         "final_loss": float(np.sum(np.asarray(result.metrics["instance_loss"])[:inst.n_real])),
+         "instances": records, "summary": summary(records)}
+  if parallel.is_main_process():
+    from jaxcode.report import superposition as figs
+    out["figures"] = figs.write_all(records, os.path.join(workdir, "figures"),
+                                    phase=bool(config.toy.relative_importance))
+    common.write_json(os.path.join(workdir, "results.json"), out)
+  return out

@@ -1,0 +1,115 @@
+"""Figures of toy superposition runs (matplotlib, written as PNG)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+REFERENCE_DIMS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3)
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def wtw_grid(records: list[dict], path: str) -> str:
+  """Per sparsity (rows): W W^T heat map and norm bars, linear beside ReLU."""
+  kinds = [k for k in ("linear", "relu") if any(r["model"] == k for r in records)]
+  sparsities = sorted({r["sparsity"] for r in records})
+  fig, axes = plt.subplots(len(sparsities), 2 * len(kinds),
+                           figsize=(4.2 * len(kinds) * 2, 2.8 * len(sparsities)), squeeze=False)
+  for row, s in enumerate(sparsities):
+    for col, kind in enumerate(kinds):
+      rec = next((r for r in records if r["model"] == kind and r["sparsity"] == s), None)
+      ax_h, ax_b = axes[row, 2 * col], axes[row, 2 * col + 1]
+      if rec is None:
+        ax_h.axis("off"); ax_b.axis("off")
+        continue
+      g = np.asarray(rec["wtw"])
+      ax_h.imshow(g, cmap="RdBu_r", vmin=-1, vmax=1)
+      ax_h.set_title(f"{kind}, S={s:.2f}: $WW^T$", fontsize=9)
+      ax_h.set_xticks([]); ax_h.set_yticks([])
+      norms = np.asarray(rec["feature_norms"])
+      supv = np.asarray(rec["superposition"])
+      colours = plt.cm.viridis(np.clip(supv / max(supv.max(), 1e-9), 0, 1))
+      ax_b.barh(np.arange(len(norms)), norms, color=colours)
+      ax_b.invert_yaxis()
+      ax_b.set_xlim(0, max(1.2, norms.max() * 1.05))
+      ax_b.set_title(f"$\\|W_i\\|$ (colour: superposition)", fontsize=9)
+      ax_b.set_yticks([])
+  fig.suptitle("Toy models of superposition: features stored per sparsity", fontsize=11)
+  return _save(fig, path)
+
+
+def dims_per_feature(records: list[dict], path: str) -> str:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for kind, marker in (("relu", "o"), ("linear", "s")):
+    rows = sorted((r for r in records if r["model"] == kind), key=lambda r: r["sparsity"])
+    if rows:
+      ax.plot([1 / r["density"] for r in rows], [r["dims_per_feature"] for r in rows],
+              marker=marker, label=kind)
+  for v in REFERENCE_DIMS:
+    ax.axhline(v, color="grey", lw=0.6, ls="--")
+    ax.text(1.0, v, f" {v:.3g}", va="bottom", fontsize=7, color="grey")
+  ax.set_xscale("log")
+  ax.set_xlabel("1 / (1 - S)")
+  ax.set_ylabel("dimensions per feature  m / ||W||²_F")
+  ax.legend()
+  ax.set_title("Dimensions per feature against sparsity")
+  return _save(fig, path)
+
+
+def feature_dimensionality(records: list[dict], path: str) -> str:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in records:
+    if r["model"] != "relu":
+      continue
+    d = np.asarray(r["feature_dimensionality"])
+    x = np.full(d.shape, 1 / r["density"])
+    ax.scatter(x, d, s=6, alpha=0.5, color="C0")
+  for v in REFERENCE_DIMS:
+    ax.axhline(v, color="grey", lw=0.6, ls="--")
+  ax.set_xscale("log")
+  ax.set_xlabel("1 / (1 - S)")
+  ax.set_ylabel("feature dimensionality $D_i$")
+  ax.set_title("Feature dimensionality (ReLU model)")
+  return _save(fig, path)
+
+
+def phase_diagram(records: list[dict], path: str) -> str:
+  from jaxcode.analysis.superposition import phase_of
+  rel = sorted({r["relative_importance"] for r in records})
+  dens = sorted({r["density"] for r in records})
+  grid = np.full((len(dens), len(rel)), np.nan)
+  for r in records:
+    w = np.asarray(r["feature_norms"])  # phase from norms: reconstruct [2, 1] magnitudes
+    grid[dens.index(r["density"]), rel.index(r["relative_importance"])] = phase_of(w[:, None])
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  cmap = matplotlib.colors.ListedColormap(["#dddddd", "#4c72b0", "#dd8452"])
+  ax.pcolormesh(rel, dens, grid, cmap=cmap, vmin=-0.5, vmax=2.5, shading="nearest")
+  ax.set_xscale("log"); ax.set_yscale("log")
+  ax.set_xlabel("relative importance of feature 2")
+  ax.set_ylabel("feature density 1 - S")
+  handles = [matplotlib.patches.Patch(color=c, label=l) for c, l in
+             zip(cmap.colors, ["feature 2 not represented", "feature 2 dedicated", "superposition"])]
+  ax.legend(handles=handles, fontsize=7, loc="lower right")
+  ax.set_title("Two features in one dimension (n=2, m=1)")
+  return _save(fig, path)
+
+
+def write_all(records: list[dict], figdir: str, phase: bool = False) -> list[str]:
+  if phase:
+    return [phase_diagram(records, os.path.join(figdir, "phase_diagram.png"))]
+  return [wtw_grid(records, os.path.join(figdir, "wtw_and_norms.png")),
+          dims_per_feature(records, os.path.join(figdir, "dims_per_feature.png")),
+          feature_dimensionality(records, os.path.join(figdir, "feature_dimensionality.png"))]
