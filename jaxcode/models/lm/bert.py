@@ -1,0 +1,150 @@
+"""BERT (post-LayerNorm encoder) as a Flax Linen module, with its HF key map beside it.
+
+Per block, as HF transformers' BertLayer computes it:
+  a = LN_attn(x + Dense_o(SelfAttn(x)));  y = LN_out(a + Dense_out(act(Dense_in(a))))
+Hookpoints: `embed` after the embedding LayerNorm; `attn_out` = attention.output.dense
+output and `mlp_out` = output.dense output, both before the residual add and LayerNorm;
+`mlp_hidden` = intermediate activations after the nonlinearity; `resid_post` the block
+output. BERT has no final LayerNorm, so `final` is the last block's output (HF's
+last_hidden_state). `logits` are the masked-LM head's (transform dense, act, LayerNorm,
+decoder tied to the word embeddings, plus bias) and need a checkpoint with an MLM head
+(BertForMaskedLM / BertForPreTraining); encoder-only checkpoints such as
+all-MiniLM-L6-v2 have none. Token type ids are all 0 and positions 0..T-1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcode.models.lm.gpt2 import activation, attend, attention_bias, check_inputs, dense, layer_norm
+
+
+class BertBlock(nn.Module):
+  n_heads: int
+  d_mlp: int
+  eps: float
+  act: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTD, bias_B1QK):
+    B, T, D = x_BTD.shape
+    H, K = self.n_heads, D // self.n_heads
+    rec = {"resid_pre": x_BTD}
+    q, k, v = (dense(D, n, self.dtype)(x_BTD).reshape(B, T, H, K) for n in ("query", "key", "value"))
+    attn = dense(D, "attn_dense", self.dtype)(attend(q, k, v, bias_B1QK, K ** -0.5))
+    rec["attn_out"] = attn
+    a = layer_norm(self.eps, "attn_ln", self.dtype)(x_BTD + attn)
+    hid = activation(self.act)(dense(self.d_mlp, "intermediate", self.dtype)(a))
+    rec["mlp_hidden"] = hid
+    mlp = dense(D, "output", self.dtype)(hid)
+    rec["mlp_out"] = mlp
+    y = layer_norm(self.eps, "output_ln", self.dtype)(a + mlp)
+    rec["resid_post"] = y
+    return y, rec
+
+
+class Bert(nn.Module):
+  vocab: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  d_mlp: int
+  n_ctx: int
+  n_types: int
+  eps: float
+  act: str
+  mlm_head: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True):
+    check_inputs(input_ids_BT, mask_BT)
+    T = input_ids_BT.shape[1]
+    emb = lambda n, name: nn.Embed(n, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+                                   name=name)
+    words = emb(self.vocab, "word_embeddings")
+    x_BTD = (words(input_ids_BT) + emb(self.n_types, "token_type_embeddings")(
+        jnp.zeros_like(input_ids_BT)) + emb(self.n_ctx, "position_embeddings")(jnp.arange(T))[None])
+    x_BTD = layer_norm(self.eps, "embeddings_ln", self.dtype)(x_BTD)
+    rec = {"embed": x_BTD}
+    bias = attention_bias(mask_BT, causal=False)
+    for i in range(n_blocks):
+      x_BTD, acts = BertBlock(self.n_heads, self.d_mlp, self.eps, self.act, self.dtype,
+                              name=f"layer_{i}")(x_BTD, bias)
+      rec.update({f"blocks.{i}.{k}": v for k, v in acts.items()})
+    if head:
+      rec["final"] = x_BTD
+      if self.mlm_head:
+        h = activation(self.act)(dense(self.d_model, "mlm_transform", self.dtype)(x_BTD))
+        h = layer_norm(self.eps, "mlm_ln", self.dtype)(h)
+        b = self.param("mlm_bias", nn.initializers.zeros, (self.vocab,), jnp.float32)
+        rec["logits"] = (words.attend(h) + b).astype(jnp.float32)
+    return rec
+
+
+def from_hf_config(cfg, dtype=jnp.float32) -> Bert:
+  from jaxcode.parallel import ConfigError
+  pe = getattr(cfg, "position_embedding_type", "absolute")
+  if pe not in (None, "absolute"):
+    raise ConfigError(f"bert position_embedding_type={pe!r}: only 'absolute' is supported")
+  if getattr(cfg, "is_decoder", False):
+    raise ConfigError("bert is_decoder=True: only the bidirectional encoder is supported")
+  return Bert(vocab=cfg.vocab_size, d_model=cfg.hidden_size, n_layers=cfg.num_hidden_layers,
+              n_heads=cfg.num_attention_heads, d_mlp=cfg.intermediate_size,
+              n_ctx=cfg.max_position_embeddings, n_types=cfg.type_vocab_size,
+              eps=cfg.layer_norm_eps, act=cfg.hidden_act, dtype=dtype)
+
+
+# ---------------------------------------------------------------- HF key map
+#
+# nn.Linear weights [out, in] -> Flax kernels [in, out]; LayerNorm weight/bias -> scale/bias
+# (old checkpoints say gamma/beta; hf.py tries both). Keys carry a `bert.` prefix in
+# BertForMaskedLM checkpoints and none in BertModel ones (all-MiniLM-L6-v2). The MLM
+# decoder weight is tied to the word embeddings; its bias is `cls.predictions.bias`.
+
+HF_PREFIX = "bert."
+
+
+def _t(w):
+  return w.T
+
+
+def _ln(m, ours, theirs):
+  m[ours + ("scale",)] = ((theirs + ".weight", theirs + ".gamma"), None)
+  m[ours + ("bias",)] = ((theirs + ".bias", theirs + ".beta"), None)
+
+
+def _lin(m, ours, theirs):
+  m[ours + ("kernel",)] = (theirs + ".weight", _t)
+  m[ours + ("bias",)] = (theirs + ".bias", None)
+
+
+def hf_key_map(cfg) -> dict[tuple[str, ...], tuple[str | tuple[str, ...], Callable | None]]:
+  """Flax param path -> (HF key or alternatives, transform of the numpy array or None)."""
+  m = {}
+  for n in ("word_embeddings", "token_type_embeddings", "position_embeddings"):
+    m[(n, "embedding")] = (f"bert.embeddings.{n}.weight", None)
+  _ln(m, ("embeddings_ln",), "bert.embeddings.LayerNorm")
+  for i in range(cfg.num_hidden_layers):
+    h, p = f"layer_{i}", f"bert.encoder.layer.{i}."
+    for n in ("query", "key", "value"):
+      _lin(m, (h, n), p + "attention.self." + n)
+    _lin(m, (h, "attn_dense"), p + "attention.output.dense")
+    _ln(m, (h, "attn_ln"), p + "attention.output.LayerNorm")
+    _lin(m, (h, "intermediate"), p + "intermediate.dense")
+    _lin(m, (h, "output"), p + "output.dense")
+    _ln(m, (h, "output_ln"), p + "output.LayerNorm")
+  _lin(m, ("mlm_transform",), "cls.predictions.transform.dense")
+  _ln(m, ("mlm_ln",), "cls.predictions.transform.LayerNorm")
+  m[("mlm_bias",)] = (("cls.predictions.bias", "cls.predictions.decoder.bias"), None)
+  return m
+
+
+HEAD_PATHS: tuple[tuple[str, ...], ...] = (
+    ("mlm_transform", "kernel"), ("mlm_transform", "bias"), ("mlm_ln", "scale"),
+    ("mlm_ln", "bias"), ("mlm_bias",))
