@@ -99,3 +99,23 @@ def test_sharded_params_and_batch_equal_single_device():
   a, b = single.apply(ids, mask, names), sharded.apply(ids, mask, names)
   for n in names:
     assert rel_err(b[n], a[n]) < 1e-5, n
+
+
+def test_sharded_index_checkpoint(tmp_path):
+  """A checkpoint split over two files with model.safetensors.index.json loads identically."""
+  import shutil
+  from safetensors.numpy import save_file
+  src = os.path.join(FIX, "gpt2")
+  for f in os.listdir(src):
+    if f != "model.safetensors":
+      shutil.copy(os.path.join(src, f), tmp_path / f)
+  t = load_file(os.path.join(src, "model.safetensors"))
+  keys = sorted(t)
+  halves = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+  for name, ks in halves.items():
+    save_file({k: t[k] for k in ks}, str(tmp_path / name))
+  index = {"metadata": {}, "weight_map": {k: n for n, ks in halves.items() for k in ks}}
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+  a = load_pretrained(src).params
+  b = load_pretrained(str(tmp_path)).params
+  jax.tree.map(np.testing.assert_array_equal, a, b)
