@@ -1,0 +1,161 @@
+"""Activation sources for SAE training: batches as pure functions of (seed, step).
+
+Three implementations of one interface (``ActivationSource``):
+
+* ``ArraySource``     an in-memory array [N, D];
+* ``ChunkedSource``   an on-disk store of ``.npy`` chunks described by ``manifest.json``
+                      (``{"d_in": D, "dtype": "float32", "chunks": [{"file": "c0.npy",
+                      "rows": n0}, ...]}``); chunks are memory-mapped, so only the rows of a
+                      batch are read; ``write_chunked`` writes such a store;
+* ``SyntheticSource`` a planted sparse dictionary (``jaxcode.data.synthetic``).
+
+For the stored sources, epoch e = (step * B) // N uses the permutation seeded by (seed, e), so
+a resumed run reads exactly the rows the uninterrupted run would have read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Protocol
+
+import numpy as np
+
+from jaxcode.data.synthetic import PlantedDictionary
+from jaxcode.parallel import ConfigError
+
+MANIFEST = "manifest.json"
+
+
+class ActivationSource(Protocol):
+  d_in: int
+
+  def batch(self, step: int, batch_size: int) -> np.ndarray:
+    """Rows [batch_size, d_in] (float32) of training step `step`; pure in (seed, step)."""
+
+  def sample(self, n: int, seed: int) -> np.ndarray:
+    """n rows for estimation (normalisation, b_dec) or evaluation, pure in seed."""
+
+
+def _epoch_rows(n_rows: int, seed: int, step: int, batch_size: int) -> np.ndarray:
+  """Row indices of batch `step`: consecutive slices of per-epoch permutations."""
+  start = step * batch_size
+  out = []
+  while len(out) < batch_size:
+    epoch, off = divmod(start, n_rows)
+    perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n_rows)
+    take = perm[off:off + batch_size - len(out)]
+    out.extend(take.tolist())
+    start += len(take)
+  return np.asarray(out, np.int64)
+
+
+class ArraySource:
+  def __init__(self, x_ND: np.ndarray, seed: int = 0):
+    x = np.asarray(x_ND, np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+      raise ConfigError(f"ArraySource: expected a non-empty [N, D] array, got shape {x.shape}")
+    self.x, self.seed, self.d_in = x, int(seed), x.shape[1]
+
+  def batch(self, step, batch_size):
+    return self.x[_epoch_rows(len(self.x), self.seed, step, batch_size)]
+
+  def sample(self, n, seed):
+    rng = np.random.default_rng([int(seed), 0x5A])
+    return self.x[rng.choice(len(self.x), size=min(n, len(self.x)), replace=False)]
+
+
+def write_chunked(directory: str, chunks, extra: dict | None = None) -> str:
+  """Writes arrays as chunk_00000.npy ... plus manifest.json (each file via a temp rename)."""
+  os.makedirs(directory, exist_ok=True)
+  entries, d_in, dtype = [], None, None
+  for i, c in enumerate(chunks):
+    c = np.asarray(c)
+    if c.ndim != 2 or (d_in is not None and c.shape[1] != d_in):
+      raise ConfigError(f"chunk {i} has shape {c.shape}: expected [rows, {d_in or 'D'}]")
+    d_in, dtype = c.shape[1], str(c.dtype)
+    name = f"chunk_{i:05d}.npy"
+    tmp = os.path.join(directory, name + ".tmp.npy")
+    np.save(tmp, c)
+    os.replace(tmp, os.path.join(directory, name))
+    entries.append({"file": name, "rows": int(c.shape[0])})
+  manifest = {"d_in": d_in, "dtype": dtype, "chunks": entries, **(extra or {})}
+  tmp = os.path.join(directory, MANIFEST + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=1)
+  os.replace(tmp, os.path.join(directory, MANIFEST))
+  return directory
+
+
+class ChunkedSource:
+  """Reads a chunked .npy store lazily (memory maps); rows are drawn across chunks."""
+
+  def __init__(self, directory: str, seed: int = 0):
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+      raise ConfigError(f"activation store {directory!r}: no {MANIFEST} found")
+    with open(path) as f:
+      man = json.load(f)
+    self.manifest, self.seed = man, int(seed)
+    self.files = [os.path.join(directory, c["file"]) for c in man["chunks"]]
+    self.rows = np.asarray([int(c["rows"]) for c in man["chunks"]], np.int64)
+    if len(self.rows) == 0 or self.rows.sum() == 0:
+      raise ConfigError(f"activation store {directory!r}: manifest lists no rows")
+    self.offsets = np.concatenate([[0], np.cumsum(self.rows)])
+    self.d_in = int(man["d_in"])
+    self._maps = [None] * len(self.files)
+
+  def _chunk(self, i):
+    if self._maps[i] is None:
+      m = np.load(self.files[i], mmap_mode="r")
+      if m.shape != (self.rows[i], self.d_in):
+        raise ConfigError(f"{self.files[i]}: shape {m.shape}, manifest says "
+                          f"{(int(self.rows[i]), self.d_in)}")
+      self._maps[i] = m
+    return self._maps[i]
+
+  def rows_at(self, idx: np.ndarray) -> np.ndarray:
+    idx = np.asarray(idx, np.int64)
+    out = np.empty((len(idx), self.d_in), np.float32)
+    which = np.searchsorted(self.offsets, idx, side="right") - 1
+    for c in np.unique(which):
+      sel = np.nonzero(which == c)[0]
+      local = idx[sel] - self.offsets[c]
+      order = np.argsort(local)
+      out[sel[order]] = self._chunk(c)[local[order]]
+    return out
+
+  def batch(self, step, batch_size):
+    return self.rows_at(_epoch_rows(int(self.offsets[-1]), self.seed, step, batch_size))
+
+  def sample(self, n, seed):
+    total = int(self.offsets[-1])
+    rng = np.random.default_rng([int(seed), 0x5A])
+    return self.rows_at(rng.choice(total, size=min(n, total), replace=False))
+
+
+class SyntheticSource:
+  """Planted-dictionary activations; `planted` holds the ground truth."""
+
+  def __init__(self, planted: PlantedDictionary, seed: int = 0):
+    self.planted, self.seed, self.d_in = planted, int(seed), planted.d_in
+
+  def batch(self, step, batch_size):
+    return self.planted.batch(self.seed, step, batch_size)
+
+  def sample(self, n, seed):
+    return self.planted.batch(self.seed + 1_000_003, 10_000_000 + int(seed), n)
+
+
+def from_config(cfg) -> ActivationSource:
+  """Source from a config with `kind` in (synthetic, array_npy, chunked) and its fields."""
+  kind = cfg.kind
+  if kind == "synthetic":
+    return SyntheticSource(PlantedDictionary(
+        d_in=int(cfg.d_in), n_features=int(cfg.n_features), l0=float(cfg.l0),
+        alpha=float(cfg.alpha), seed=int(cfg.dict_seed)), seed=int(cfg.seed))
+  if kind == "array_npy":
+    return ArraySource(np.load(cfg.path), seed=int(cfg.seed))
+  if kind == "chunked":
+    return ChunkedSource(cfg.path, seed=int(cfg.seed))
+  raise ConfigError(f"data.kind={kind!r}: expected synthetic, array_npy or chunked")

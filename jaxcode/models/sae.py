@@ -1,0 +1,619 @@
+"""Sparse autoencoders as pure functions on plain parameter pytrees.
+
+Architectures (``SAEConfig.architecture``):
+
+* ``relu``          Anthropic April 2024: f = ReLU(x W_enc + b_enc), x_hat = f W_dec + b_dec,
+                    loss = ||x - x_hat||^2 + lam * sum_i f_i ||W_dec_i||; decoder unconstrained,
+                    decoder rows initialised at norm ``dec_init_norm`` (0.1 in the recipe).
+* ``relu_classic``  Towards Monosemanticity: f = ReLU((x - b_dec) W_enc + b_enc), L1 on f,
+                    unit-norm decoder rows, the decoder gradient projected orthogonal to each row
+                    (``_project_rows``) and rows renormalised after every update (``post_update``).
+* ``topk``          OpenAI: top-k of (x - b_dec) W_enc + b_enc per token, ReLU on the kept values;
+                    AuxK: the residual e = x - x_hat (no gradient) is reconstructed from the top
+                    ``k_aux`` pre-activations among dead latents, decoded WITHOUT b_dec, loss
+                    weight ``aux_alpha`` (1/32).  A latent is dead after ``dead_tokens`` tokens
+                    without firing (counted in tokens, default 10M).
+* ``batchtopk``     Bussmann et al.: keep the top k*B entries of ReLU(pre) over the whole batch;
+                    an EMA of the smallest kept activation is the global inference threshold, so
+                    the SAE is exported as a JumpReLU SAE.  AuxK as for topk.
+* ``jumprelu``      Rajamanoharan et al.: f = pre * H(pre - theta), straight-through
+                    ``jax.custom_vjp`` with a rectangle kernel of bandwidth ``jump_bandwidth``;
+                    no gradient to pre through the jump; loss ||x - x_hat||^2 + lam sum_i
+                    H(pre_i - theta_i); unit-norm decoder with projected gradients.
+* ``jumprelu_tanh`` Anthropic January 2025: loss ||x - x_hat||^2 + lam sum_i tanh(c f_i ||W_dec_i||)
+                    + lam_P sum_i ReLU(theta_i - pre_i) ||W_dec_i||; decoder unconstrained.
+* ``matryoshka``    BatchTopK selection; the loss is the mean over nested prefixes of the
+                    dictionary (``matryoshka_widths``, the last one d_sae) of the reconstruction
+                    error of the prefix alone.  AuxK as for topk.
+
+Several SAEs are trained at once by stacking every leaf on a leading SAE axis (size S, also 1
+for a single SAE) and vmapping the single-SAE functions; the per-SAE hyperparameters k and the
+sparsity coefficient live in ``aux`` so a sweep of either is one vmapped program.  k enters
+``lax.top_k`` as the static maximum over the sweep and is masked per SAE.
+
+Inputs are multiplied by one normalisation scalar ``aux['norm_scale']`` estimated before
+training (``estimate_norm_scale``); ``sae_io.export`` folds it into the weights.
+
+Shapes: B batch, D d_in, M d_sae, K kept latents, S SAEs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from jaxcode.parallel import ConfigError, DATA, MODEL
+
+ARCHITECTURES = ("relu", "relu_classic", "topk", "batchtopk", "jumprelu", "jumprelu_tanh",
+                 "matryoshka")
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+BATCH_TOPK_FAMILY = ("batchtopk", "matryoshka")
+UNIT_NORM_DECODER = ("relu_classic", "topk", "batchtopk", "matryoshka", "jumprelu")
+SUBTRACT_B_DEC = ("relu_classic", "topk", "batchtopk", "matryoshka")
+NORMALISATIONS = ("none", "unit_mean_sq", "sqrt_d")
+B_DEC_INITS = ("zeros", "mean", "geometric_median")
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+  """Static description of one SAE or of a sweep of SAEs sharing architecture and width.
+
+  ``k`` and ``sparsity_coef`` may each be a number or a tuple (one value per SAE of a sweep);
+  a number is broadcast to the sweep.
+  """
+  architecture: str
+  d_in: int
+  d_sae: int
+  k: int | tuple[int, ...] = 32                   # topk-family kept latents (mean L0 for batch)
+  sparsity_coef: float | tuple[float, ...] = 0.0  # L1 / L0 / tanh coefficient (lambda)
+  sparsity_warmup_steps: int = 0                  # linear warm-up of lambda from 0
+  k_aux: int | None = None                        # AuxK latents; None: d_in // 2
+  aux_alpha: float = 1.0 / 32                     # AuxK loss weight
+  dead_tokens: int = 10_000_000                   # tokens without firing -> dead
+  jump_bandwidth: float = 0.001                   # epsilon of the rectangle kernel
+  jump_threshold_init: float = 0.001              # theta_0
+  tanh_c: float = 4.0                             # c of the tanh sparsity loss
+  pre_act_coef: float = 3e-6                      # lambda_P of the pre-activation loss
+  threshold_ema: float = 0.999                    # BatchTopK inference threshold EMA decay
+  threshold_ema_start: int = 0                    # step from which the EMA is updated
+  matryoshka_widths: tuple[int, ...] = ()         # nested prefix widths; d_sae appended
+  dec_init_norm: float = 1.0                      # decoder row norm at init
+  b_dec_init: str = "mean"                        # zeros | mean | geometric_median
+  normalisation: str = "unit_mean_sq"             # none | unit_mean_sq | sqrt_d
+  sparse_decode: bool = False                     # topk: gather-and-sum decode and encoder grads
+
+  @property
+  def ks(self) -> tuple[int, ...]:
+    return _as_tuple(self.k, self.n_saes)
+
+  @property
+  def coefs(self) -> tuple[float, ...]:
+    return _as_tuple(self.sparsity_coef, self.n_saes)
+
+  @property
+  def n_saes(self) -> int:
+    lens = [len(v) for v in (self.k, self.sparsity_coef) if isinstance(v, (tuple, list))]
+    return max(lens) if lens else 1
+
+  @property
+  def k_max(self) -> int:
+    return max(self.ks)
+
+  @property
+  def k_aux_eff(self) -> int:
+    return min(self.k_aux if self.k_aux is not None else self.d_in // 2, self.d_sae)
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    w = tuple(int(v) for v in self.matryoshka_widths)
+    return w if (w and w[-1] == self.d_sae) else w + (self.d_sae,)
+
+
+def _as_tuple(v, n):
+  if isinstance(v, (tuple, list)):
+    return tuple(v)
+  return (v,) * n
+
+
+def validate(cfg: SAEConfig, mesh: Mesh | None = None, data_d_in: int | None = None) -> None:
+  """Raises ConfigError (one line) for a bad config, before any compute."""
+  if cfg.architecture not in ARCHITECTURES:
+    raise ConfigError(f"sae.architecture={cfg.architecture!r}: expected one of {ARCHITECTURES}")
+  if int(cfg.d_in) <= 0 or int(cfg.d_sae) <= 0:
+    raise ConfigError(f"sae d_in={cfg.d_in}, d_sae={cfg.d_sae}: expected positive sizes")
+  if data_d_in is not None and int(data_d_in) != int(cfg.d_in):
+    raise ConfigError(f"sae.d_in={cfg.d_in} does not match the data's d_in={data_d_in}")
+  lens = {len(v) for v in (cfg.k, cfg.sparsity_coef) if isinstance(v, (tuple, list))}
+  if len(lens) > 1:
+    raise ConfigError(f"sae.k={cfg.k} and sae.sparsity_coef={cfg.sparsity_coef}: sweeps of "
+                      "different lengths")
+  if cfg.architecture in TOPK_FAMILY:
+    for k in cfg.ks:
+      if not 0 < int(k) <= cfg.d_sae:
+        raise ConfigError(f"sae.k={k}: expected 0 < k <= d_sae={cfg.d_sae}")
+    if cfg.k_aux is not None and int(cfg.k_aux) <= 0:
+      raise ConfigError(f"sae.k_aux={cfg.k_aux}: expected a positive integer")
+  for c in cfg.coefs:
+    if not float(c) >= 0.0:
+      raise ConfigError(f"sae.sparsity_coef={c}: expected a non-negative number")
+  if cfg.pre_act_coef < 0 or cfg.aux_alpha < 0:
+    raise ConfigError(f"sae.pre_act_coef={cfg.pre_act_coef}, aux_alpha={cfg.aux_alpha}: "
+                      "expected non-negative numbers")
+  if cfg.architecture.startswith("jumprelu") and not cfg.jump_bandwidth > 0:
+    raise ConfigError(f"sae.jump_bandwidth={cfg.jump_bandwidth}: expected > 0")
+  if cfg.normalisation not in NORMALISATIONS:
+    raise ConfigError(f"sae.normalisation={cfg.normalisation!r}: expected one of "
+                      f"{NORMALISATIONS}")
+  if cfg.b_dec_init not in B_DEC_INITS:
+    raise ConfigError(f"sae.b_dec_init={cfg.b_dec_init!r}: expected one of {B_DEC_INITS}")
+  if cfg.dead_tokens <= 0:
+    raise ConfigError(f"sae.dead_tokens={cfg.dead_tokens}: expected a positive integer")
+  if not 0.0 <= cfg.threshold_ema < 1.0:
+    raise ConfigError(f"sae.threshold_ema={cfg.threshold_ema}: expected 0 <= decay < 1")
+  w = cfg.widths
+  if cfg.architecture == "matryoshka" and (any(b <= a for a, b in zip(w, w[1:])) or w[0] <= 0
+                                           or w[-1] != cfg.d_sae):
+    raise ConfigError(f"sae.matryoshka_widths={cfg.matryoshka_widths}: expected increasing "
+                      f"positive widths up to d_sae={cfg.d_sae}")
+  if mesh is not None and cfg.d_sae % mesh.shape[MODEL]:
+    raise ConfigError(f"mesh model axis {mesh.shape[MODEL]} does not divide "
+                      f"d_sae={cfg.d_sae}")
+
+
+# ------------------------------------------------------------------ normalisation and init
+
+def estimate_norm_scale(x_ND: np.ndarray | jax.Array, mode: str) -> float:
+  """The scalar s such that s*x has E||s x||^2 = 1 (unit_mean_sq) or E||s x|| = sqrt(d)."""
+  x = np.asarray(x_ND, np.float64)
+  if mode == "none":
+    return 1.0
+  if mode == "unit_mean_sq":
+    return float(1.0 / np.sqrt(np.mean(np.sum(x * x, axis=-1))))
+  if mode == "sqrt_d":
+    return float(np.sqrt(x.shape[-1]) / np.mean(np.linalg.norm(x, axis=-1)))
+  raise ConfigError(f"normalisation={mode!r}: expected one of {NORMALISATIONS}")
+
+
+def geometric_median(x_ND: jax.Array, iters: int = 100, eps: float = 1e-8) -> jax.Array:
+  """Weiszfeld iterations for argmin_m sum_n ||x_n - m||, started at the mean."""
+  x = jnp.asarray(x_ND, jnp.float32)
+
+  def body(_, m):
+    w = 1.0 / jnp.maximum(jnp.linalg.norm(x - m, axis=-1), eps)
+    return (w[:, None] * x).sum(0) / w.sum()
+
+  return lax.fori_loop(0, iters, body, x.mean(0))
+
+
+def _init_one(cfg: SAEConfig, key, b_dec_D, k, coef, norm_scale):
+  D, M = cfg.d_in, cfg.d_sae
+  w_dec_MD = jax.random.normal(key, (M, D), jnp.float32)
+  w_dec_MD = cfg.dec_init_norm * w_dec_MD / jnp.linalg.norm(w_dec_MD, axis=-1, keepdims=True)
+  params = {"W_enc": w_dec_MD.T, "b_enc": jnp.zeros((M,), jnp.float32), "W_dec": w_dec_MD,
+            "b_dec": b_dec_D.astype(jnp.float32)}
+  if cfg.architecture.startswith("jumprelu"):
+    params["threshold"] = jnp.full((M,), cfg.jump_threshold_init, jnp.float32)
+  aux = {"k": jnp.asarray(k, jnp.int32), "coef": jnp.asarray(coef, jnp.float32),
+         "norm_scale": jnp.asarray(norm_scale, jnp.float32),
+         "tokens_since_fired": jnp.zeros((M,), jnp.int32),
+         "threshold": jnp.asarray(-1.0, jnp.float32)}
+  return params, aux
+
+
+def make_init(cfg: SAEConfig, x_sample_ND) -> Callable[[jax.Array], tuple[Any, Any]]:
+  """init(key) -> (params, aux), every leaf stacked on a leading SAE axis of size n_saes.
+
+  The normalisation scalar and b_dec (mean or geometric median) come from `x_sample_ND`, a
+  host sample drawn before training; they are constants of the returned function.
+  """
+  validate(cfg, data_d_in=np.shape(x_sample_ND)[-1])
+  scale = estimate_norm_scale(x_sample_ND, cfg.normalisation)
+  xs = jnp.asarray(x_sample_ND, jnp.float32) * scale
+  if cfg.b_dec_init == "zeros":
+    b_dec = jnp.zeros((cfg.d_in,), jnp.float32)
+  elif cfg.b_dec_init == "mean":
+    b_dec = xs.mean(0)
+  else:
+    b_dec = geometric_median(xs)
+  b_dec = np.asarray(b_dec)
+  ks = jnp.asarray(cfg.ks, jnp.int32)
+  coefs = jnp.asarray(cfg.coefs, jnp.float32)
+
+  def init(key):
+    keys = jax.random.split(key, cfg.n_saes)
+    return jax.vmap(lambda kk, k, c: _init_one(cfg, kk, jnp.asarray(b_dec), k, c, scale))(
+        keys, ks, coefs)
+
+  return init
+
+
+# ------------------------------------------------------------------ custom gradients
+
+@jax.custom_vjp
+def _project_rows(w_MD):
+  """Identity whose gradient has each row's component along that row removed."""
+  return w_MD
+
+
+def _project_rows_fwd(w):
+  return w, w
+
+
+def _project_rows_bwd(w, g):
+  along = jnp.sum(g * w, -1, keepdims=True) / jnp.maximum(jnp.sum(w * w, -1, keepdims=True),
+                                                            1e-12)
+  return (g - along * w,)
+
+
+_project_rows.defvjp(_project_rows_fwd, _project_rows_bwd)
+
+
+def _rect(u):
+  return ((u > -0.5) & (u < 0.5)).astype(u.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jumprelu(z_BM, theta_M, eps):
+  """z * H(z - theta). Gradients: dz = H(z - theta) g; dtheta = -(theta/eps) K((z-theta)/eps) g."""
+  return z_BM * (z_BM > theta_M).astype(z_BM.dtype)
+
+
+def _jumprelu_fwd(z, theta, eps):
+  return jumprelu(z, theta, eps), (z, theta)
+
+
+def _jumprelu_bwd(eps, res, g):
+  z, theta = res
+  dz = g * (z > theta).astype(z.dtype)
+  dtheta = -(theta / eps) * _rect((z - theta) / eps) * g
+  return dz, _sum_to(dtheta, theta.shape)
+
+
+jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def heaviside_step(z_BM, theta_M, eps):
+  """H(z - theta). Gradients: dz = 0; dtheta = -(1/eps) K((z - theta)/eps) g."""
+  return (z_BM > theta_M).astype(z_BM.dtype)
+
+
+def _step_fwd(z, theta, eps):
+  return heaviside_step(z, theta, eps), (z, theta)
+
+
+def _step_bwd(eps, res, g):
+  z, theta = res
+  dtheta = -(1.0 / eps) * _rect((z - theta) / eps) * g
+  return jnp.zeros_like(z), _sum_to(dtheta, theta.shape)
+
+
+heaviside_step.defvjp(_step_fwd, _step_bwd)
+
+
+def _sum_to(x, shape):
+  return x.reshape((-1,) + tuple(shape)).sum(0) if x.shape != tuple(shape) else x
+
+
+# ------------------------------------------------------------------ top-k, sharded top-k
+
+def _model_size(mesh):
+  return 1 if mesh is None else int(mesh.shape[MODEL])
+
+
+def topk_indices(pre_BM: jax.Array, k: int, mesh: Mesh | None = None):
+  """(values, indices) of the k largest entries of each row; no gradient.
+
+  On a mesh whose `model` axis shards M, each device takes its local top-k, the candidates
+  are all-gathered over `model` and a global top-k picks the winners (jax.shard_map).
+  """
+  pre_BM = lax.stop_gradient(pre_BM)
+  n = _model_size(mesh)
+  if n == 1:
+    return lax.top_k(pre_BM, k)
+  m_loc = pre_BM.shape[-1] // n
+  kl = min(k, m_loc)
+
+  def local(p):
+    v, i = lax.top_k(p, kl)
+    i = i + lax.axis_index(MODEL) * m_loc
+    v = lax.all_gather(v, MODEL, axis=1, tiled=True)
+    i = lax.all_gather(i, MODEL, axis=1, tiled=True)
+    v2, j = lax.top_k(v, k)
+    return v2, jnp.take_along_axis(i, j, axis=1)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=P(DATA, MODEL),
+                       out_specs=(P(DATA, None), P(DATA, None)), check_vma=False)(pre_BM)
+
+
+def batch_kth_largest(v_BM: jax.Array, kb_max: int, kb: jax.Array, mesh: Mesh | None = None):
+  """The kb-th largest entry of the whole array (kb <= kb_max traced); no gradient.
+
+  Sharded: local top-kb_max on every device, all-gathered over both mesh axes, then a global
+  top-kb_max.
+  """
+  v_BM = lax.stop_gradient(v_BM)
+  if mesh is None or mesh.size == 1:
+    vals = lax.top_k(v_BM.reshape(-1), kb_max)[0]
+  else:
+    n_loc = (v_BM.shape[0] // mesh.shape[DATA]) * (v_BM.shape[1] // mesh.shape[MODEL])
+    kl = min(kb_max, n_loc)
+
+    def local(p):
+      v = lax.top_k(p.reshape(-1), kl)[0]
+      v = lax.all_gather(v, (DATA, MODEL), axis=0, tiled=True)
+      return lax.top_k(v, kb_max)[0]
+
+    vals = jax.shard_map(local, mesh=mesh, in_specs=P(DATA, MODEL), out_specs=P(),
+                         check_vma=False)(v_BM)
+  return vals[kb - 1]
+
+
+# ------------------------------------------------------------------ encode / decode pieces
+
+def _w_dec(cfg, params):
+  w = params["W_dec"]
+  return _project_rows(w) if cfg.architecture in UNIT_NORM_DECODER else w
+
+
+def pre_activation(cfg: SAEConfig, params, x_BD):
+  """x (already normalised) -> pre-activations [B, M]."""
+  xin = x_BD - params["b_dec"] if cfg.architecture in SUBTRACT_B_DEC else x_BD
+  return xin @ params["W_enc"] + params["b_enc"]
+
+
+def _gathered_pre(cfg, params, x_BD, idx_BK):
+  """Pre-activations at the chosen latents only: B*K*D work; its gradient is a scatter-add."""
+  xin = x_BD - params["b_dec"] if cfg.architecture in SUBTRACT_B_DEC else x_BD
+  w_BKD = jnp.take(params["W_enc"].T, idx_BK, axis=0)
+  return jnp.einsum("bd,bkd->bk", xin, w_BKD) + jnp.take(params["b_enc"], idx_BK)
+
+
+def _decode_sparse(w_dec_MD, vals_BK, idx_BK):
+  return jnp.einsum("bk,bkd->bd", vals_BK, jnp.take(w_dec_MD, idx_BK, axis=0))
+
+
+def _scatter_dense(vals_BK, idx_BK, m):
+  rows = jnp.arange(vals_BK.shape[0])[:, None]
+  return jnp.zeros((vals_BK.shape[0], m), vals_BK.dtype).at[rows, idx_BK].add(vals_BK)
+
+
+def _topk_codes(cfg, params, x_BD, pre_BM, k, mesh):
+  """Per-token top-k: (vals_BK masked to rank < k, idx_BK), values carry gradients."""
+  _, idx = topk_indices(pre_BM, cfg.k_max, mesh)
+  if cfg.sparse_decode:
+    vals = _gathered_pre(cfg, params, x_BD, idx)
+  else:
+    vals = jnp.take_along_axis(pre_BM, idx, axis=1)
+  keep = (jnp.arange(cfg.k_max) < k)[None, :]
+  return jax.nn.relu(vals) * keep, idx
+
+
+def encode(cfg: SAEConfig, params, aux, x_BD, *, mesh: Mesh | None = None, normalise=True):
+  """Inference codes f [B, M] of one SAE for raw inputs (normalised here unless told not to).
+
+  topk keeps the top k per token; batchtopk and matryoshka use the EMA global threshold
+  (JumpReLU form, as exported); jumprelu uses its thresholds; relu variants use ReLU.
+  """
+  x = x_BD * aux["norm_scale"] if normalise else x_BD
+  pre = pre_activation(cfg, params, x)
+  a = cfg.architecture
+  if a == "topk":
+    vals, idx = _topk_codes(dataclasses.replace(cfg, sparse_decode=False), params, x, pre,
+                            aux["k"], mesh)
+    return _scatter_dense(vals, idx, cfg.d_sae)
+  if a in BATCH_TOPK_FAMILY:
+    return pre * (pre > aux["threshold"]).astype(pre.dtype) * (pre > 0)
+  if a.startswith("jumprelu"):
+    return jumprelu(jax.nn.relu(pre), params["threshold"], cfg.jump_bandwidth)
+  return jax.nn.relu(pre)
+
+
+def decode(cfg: SAEConfig, params, aux, f_BM, *, normalise=True):
+  """Codes -> reconstruction in raw input units (divided by the normalisation scalar)."""
+  x_hat = f_BM @ params["W_dec"] + params["b_dec"]
+  return x_hat / aux["norm_scale"] if normalise else x_hat
+
+
+# ------------------------------------------------------------------ the training loss
+
+def _sq(x_BD):
+  return jnp.sum(x_BD * x_BD, axis=-1)
+
+
+def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh):
+  """AuxK: reconstruct the (stop-gradient) residual from the top k_aux dead latents.
+
+  The auxiliary reconstruction is sum_j a_j W_dec[j] with NO b_dec.  Returns
+  (alpha-free aux mse, e_hat).  Zero when no latent is dead.
+  """
+  ka = cfg.k_aux_eff
+  masked = jnp.where(dead_M[None, :], pre_BM, -jnp.inf)
+  _, idx = topk_indices(masked, ka, mesh)
+  if cfg.sparse_decode:
+    vals = _gathered_pre(cfg, params, x_BD, idx)
+  else:
+    vals = jnp.take_along_axis(pre_BM, idx, axis=1)
+  vals = jax.nn.relu(vals) * jnp.take(dead_M, idx).astype(vals.dtype)
+  e_hat = auxk_decode(cfg, params, vals, idx)
+  e = lax.stop_gradient(resid_BD)
+  any_dead = jnp.any(dead_M).astype(jnp.float32)
+  return any_dead * jnp.mean(_sq(e - e_hat)), e_hat
+
+
+def auxk_decode(cfg, params, vals_BK, idx_BK):
+  """The AuxK reconstruction sum_k vals W_dec[idx] (deliberately without b_dec)."""
+  w = _w_dec(cfg, params)
+  if cfg.sparse_decode:
+    return _decode_sparse(w, vals_BK, idx_BK)
+  return _scatter_dense(vals_BK, idx_BK, cfg.d_sae) @ w
+
+
+def _fired_and_update(cfg, aux, fired_M, batch_tokens):
+  t = aux["tokens_since_fired"]
+  t = jnp.where(fired_M, 0, jnp.minimum(t + batch_tokens, cfg.dead_tokens)).astype(jnp.int32)
+  return t
+
+
+def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh):
+  """Loss, metrics and new aux of ONE SAE on one batch (normalised inside)."""
+  B = x_raw_BD.shape[0]
+  M = cfg.d_sae
+  a = cfg.architecture
+  x = x_raw_BD.astype(jnp.float32) * aux["norm_scale"]
+  warm = 1.0 if cfg.sparsity_warmup_steps <= 0 else jnp.minimum(
+      1.0, (step.astype(jnp.float32) + 1.0) / cfg.sparsity_warmup_steps)
+  lam = aux["coef"] * warm
+  w_dec = _w_dec(cfg, params)
+  dec_norm_M = jnp.linalg.norm(params["W_dec"], axis=-1)
+  pre = pre_activation(cfg, params, x)
+  dead_M = aux["tokens_since_fired"] >= cfg.dead_tokens
+  new_aux = dict(aux)
+  metrics = {}
+  sparsity = jnp.float32(0.0)
+  aux_loss = jnp.float32(0.0)
+
+  if a in ("relu", "relu_classic", "jumprelu", "jumprelu_tanh"):
+    if a.startswith("jumprelu"):
+      z = jax.nn.relu(pre)
+      f = jumprelu(z, params["threshold"], cfg.jump_bandwidth)
+    else:
+      f = jax.nn.relu(pre)
+    x_hat = f @ w_dec + params["b_dec"]
+    mse = jnp.mean(_sq(x - x_hat))
+    if a == "relu":
+      sparsity = lam * jnp.mean(jnp.sum(f * dec_norm_M, -1))
+    elif a == "relu_classic":
+      sparsity = lam * jnp.mean(jnp.sum(jnp.abs(f), -1))
+    elif a == "jumprelu":
+      sparsity = lam * jnp.mean(jnp.sum(heaviside_step(z, params["threshold"],
+                                                       cfg.jump_bandwidth), -1))
+    else:
+      sparsity = lam * jnp.mean(jnp.sum(jnp.tanh(cfg.tanh_c * f * dec_norm_M), -1))
+      pre_act = cfg.pre_act_coef * jnp.mean(
+          jnp.sum(jax.nn.relu(params["threshold"] - pre) * dec_norm_M, -1))
+      sparsity = sparsity + pre_act
+      metrics["pre_act_loss"] = pre_act
+    fired = jnp.any(f > 0, axis=0)
+    l0 = jnp.mean(jnp.sum(f > 0, -1))
+    loss = mse + sparsity
+
+  elif a == "topk":
+    vals, idx = _topk_codes(cfg, params, x, pre, aux["k"], mesh)
+    if cfg.sparse_decode:
+      x_hat = _decode_sparse(w_dec, vals, idx) + params["b_dec"]
+    else:
+      x_hat = _scatter_dense(vals, idx, M) @ w_dec + params["b_dec"]
+    mse = jnp.mean(_sq(x - x_hat))
+    fired = jnp.zeros((M,), jnp.int32).at[idx.reshape(-1)].max(
+        (vals > 0).reshape(-1).astype(jnp.int32)) > 0
+    l0 = jnp.mean(jnp.sum(vals > 0, -1))
+    aux_loss, _ = _auxk(cfg, params, pre, x, x - x_hat, dead_M, mesh)
+    loss = mse + cfg.aux_alpha * aux_loss
+
+  else:  # batchtopk, matryoshka
+    z = jax.nn.relu(pre)
+    thr = batch_kth_largest(z, cfg.k_max * B, aux["k"] * B, mesh)
+    keep = (pre >= thr) & (pre > 0)
+    f = z * keep.astype(z.dtype)
+    if a == "batchtopk":
+      x_hat = f @ w_dec + params["b_dec"]
+      mse = jnp.mean(_sq(x - x_hat))
+      recon = mse
+    else:
+      losses = []
+      for w in cfg.widths:
+        prefix = (jnp.arange(M) < w).astype(f.dtype)
+        xw = (f * prefix) @ w_dec + params["b_dec"]
+        losses.append(jnp.mean(_sq(x - xw)))
+        metrics[f"mse_prefix_{w}"] = losses[-1]
+      x_hat = xw
+      mse = losses[-1]
+      recon = jnp.mean(jnp.stack(losses))
+    fired = jnp.any(keep, axis=0)
+    l0 = jnp.mean(jnp.sum(keep, -1))
+    aux_loss, _ = _auxk(cfg, params, pre, x, x - x_hat, dead_M, mesh)
+    loss = recon + cfg.aux_alpha * aux_loss
+    min_pos = jnp.min(jnp.where(keep, z, jnp.inf))
+    min_pos = jnp.where(jnp.isfinite(min_pos), min_pos, aux["threshold"])
+    old = aux["threshold"]
+    ema = jnp.where(old < 0, min_pos, cfg.threshold_ema * old + (1 - cfg.threshold_ema) * min_pos)
+    new_aux["threshold"] = lax.stop_gradient(
+        jnp.where(step >= cfg.threshold_ema_start, ema, old)).astype(jnp.float32)
+    metrics["threshold"] = new_aux["threshold"]
+
+  new_aux["tokens_since_fired"] = _fired_and_update(cfg, aux, fired, B)
+  xc = x - jnp.mean(x, axis=0)
+  metrics.update(loss=loss, mse=mse, l0=l0, sparsity_loss=sparsity, aux_loss=aux_loss,
+                 explained_variance=1.0 - jnp.sum(_sq(x - x_hat)) / jnp.sum(_sq(xc)),
+                 dead_fraction=jnp.mean(new_aux["tokens_since_fired"] >= cfg.dead_tokens),
+                 sparsity_coef=lam)
+  metrics = {k: lax.stop_gradient(v).astype(jnp.float32) for k, v in metrics.items()}
+  return loss, (metrics, new_aux)
+
+
+def make_loss(cfg: SAEConfig, mesh: Mesh | None = None):
+  """loss(params, aux, batch, key, step) -> (summed loss, (metrics, new_aux)) for S SAEs.
+
+  `batch` is the raw activations x [B, D] (or a dict with key 'x').  Each SAE's gradient only
+  sees its own loss term, so summing trains the S SAEs independently.  Metrics are scalars:
+  'name' for one SAE, 'name/i' per SAE of a sweep.
+  """
+  validate(cfg, mesh)
+
+  def loss(params, aux, batch, key, step):
+    del key
+    x = batch["x"] if isinstance(batch, dict) else batch
+    chex.assert_shape(x, (None, cfg.d_in))
+    step = jnp.asarray(step, jnp.int32)
+    losses, (mets, new_aux) = jax.vmap(
+        lambda p, a: _loss_one(cfg, p, a, x, step, mesh))(params, aux)
+    return jnp.sum(losses), (flatten_metrics(mets, cfg.n_saes), new_aux)
+
+  return loss
+
+
+def flatten_metrics(mets: dict, n: int) -> dict:
+  if n == 1:
+    return {k: v[0] for k, v in mets.items()}
+  out = {}
+  for k, v in mets.items():
+    for i in range(n):
+      out[f"{k}/{i}"] = v[i]
+  return out
+
+
+def post_update(cfg: SAEConfig):
+  """After each optimizer update: unit-norm decoder rows where the architecture wants them."""
+  def fn(params, aux):
+    del aux
+    if cfg.architecture not in UNIT_NORM_DECODER:
+      return params
+    w = params["W_dec"]
+    out = dict(params)
+    out["W_dec"] = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+    return out
+  return fn
+
+
+def param_rules():
+  """Sharding rules for stacked params [S, ...]: latents over `model`."""
+  return [(r"W_enc$", P(None, None, MODEL)), (r"W_dec$", P(None, MODEL, None)),
+          (r"b_enc$", P(None, MODEL)), (r"threshold$", P(None, MODEL))]
+
+
+def aux_rules():
+  return [(r"tokens_since_fired$", P(None, MODEL))]
+
+
+def select(tree, i: int):
+  """The i-th SAE of a stacked pytree."""
+  return jax.tree.map(lambda v: v[i], tree)
