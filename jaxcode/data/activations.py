@@ -1,0 +1,322 @@
+"""Activation extraction into a chunked, resumable on-disk cache, and its random-access reader.
+
+Layout of a cache directory:
+  manifest.json                  model, revision, hookpoints, dtype, widths, corpus
+                                 fingerprint, and per complete chunk its rows, token
+                                 count and the sha256 of every file
+  tokens/chunk_00007.npz         token_ids, doc_index, row, col of the kept tokens
+  <hookpoint>/chunk_00007.npy    [n_tokens, width] activations (bfloat16 stored as uint16)
+
+Chunk i covers packed rows [i * rows_per_chunk, (i + 1) * rows_per_chunk). Special
+tokens (BOS/CLS/SEP/EOS) and padding are dropped by default. Files are written under a
+temporary name and renamed; the manifest is rewritten after each chunk. A rerun with the
+same settings keeps every chunk whose files match their checksums and recomputes the
+rest, so an interrupted extraction finishes where it stopped and a truncated or corrupt
+chunk is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from jaxcode.data.corpus import Packed
+from jaxcode.parallel import ConfigError
+
+MANIFEST = "manifest.json"
+VERSION = 1
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+# bfloat16 has no .npy type: stored as its uint16 bit pattern, viewed back on read.
+_STORED = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+
+
+def hook_dir(hookpoint: str) -> str:
+  return hookpoint.replace("/", "_")
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def corpus_fingerprint(packed: Packed) -> str:
+  h = hashlib.sha256()
+  for a in (packed.input_ids, packed.attention_mask, packed.special):
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def _atomic_write(path: str, write) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def _write_manifest(out_dir: str, manifest: dict) -> None:
+  _atomic_write(os.path.join(out_dir, MANIFEST),
+                lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+
+def read_manifest(out_dir: str) -> dict | None:
+  path = os.path.join(out_dir, MANIFEST)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"{path} is unreadable ({type(e).__name__}): delete it to start over") from None
+
+
+def _chunk_files(i: int, hookpoints: Sequence[str]) -> dict[str, str]:
+  files = {"tokens": os.path.join("tokens", f"chunk_{i:05d}.npz")}
+  files.update({h: os.path.join(hook_dir(h), f"chunk_{i:05d}.npy") for h in hookpoints})
+  return files
+
+
+def _chunk_ok(out_dir: str, entry: dict) -> bool:
+  for rel, digest in entry["sha256"].items():
+    path = os.path.join(out_dir, rel)
+    if not os.path.isfile(path) or sha256_file(path) != digest:
+      return False
+  return True
+
+
+_SETTINGS = ("model", "revision", "hookpoints", "dtype", "seq_len", "rows_per_chunk",
+             "drop_special", "corpus_fingerprint", "n_rows")
+
+
+def _check_same(old: dict, new: dict, out_dir: str) -> None:
+  for k in _SETTINGS:
+    if old.get(k) != new.get(k):
+      raise ConfigError(f"cache {out_dir!r} was made with {k}={old.get(k)!r}, requested "
+                        f"{new.get(k)!r}: use another directory or delete it")
+
+
+def extract(lm, packed: Packed, hookpoints: Sequence[str], out_dir: str, *,
+            batch_size: int = 32, rows_per_chunk: int = 256, dtype: str = "float32",
+            drop_special: bool = True, model_name: str | None = None,
+            max_new_chunks: int | None = None, progress: bool = True) -> dict:
+  """Runs `lm` over the packed corpus and caches the hookpoints; returns a summary.
+
+  max_new_chunks stops after computing that many chunks (an interruption, for tests and
+  time-limited jobs); rerunning continues.
+  """
+  hookpoints = list(hookpoints)
+  lm.forward_fn(tuple(hookpoints))  # validates hookpoint names before any compute
+  if dtype not in DTYPES:
+    raise ConfigError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+  if batch_size < 1 or rows_per_chunk < 1 or rows_per_chunk % batch_size:
+    raise ConfigError(f"rows_per_chunk={rows_per_chunk}, batch_size={batch_size}: expected "
+                      "positive sizes with rows_per_chunk a multiple of batch_size")
+  n_rows, seq_len = packed.input_ids.shape
+  settings = dict(version=VERSION, model=model_name or lm.model_dir, revision=lm.revision,
+                  hookpoints=hookpoints, dtype=dtype, seq_len=int(seq_len),
+                  rows_per_chunk=rows_per_chunk, drop_special=drop_special,
+                  corpus_fingerprint=corpus_fingerprint(packed), n_rows=int(n_rows),
+                  widths={h: lm.hookpoint_width(h) for h in hookpoints},
+                  doc_ids=packed.doc_ids, sources=packed.sources)
+  os.makedirs(out_dir, exist_ok=True)
+  old = read_manifest(out_dir)
+  if old is not None:
+    _check_same(old, settings, out_dir)
+  done = {e["index"]: e for e in (old or {}).get("chunks", []) if _chunk_ok(out_dir, e)}
+  n_chunks = -(-n_rows // rows_per_chunk)
+  todo = [i for i in range(n_chunks) if i not in done]
+  if max_new_chunks is not None:
+    todo = todo[:max_new_chunks]
+  manifest = dict(settings, chunks=sorted(done.values(), key=lambda e: e["index"]))
+  manifest["complete"] = False
+  _write_manifest(out_dir, manifest)
+
+  keep_all = packed.attention_mask.astype(bool) & (~packed.special if drop_special else True)
+  cast = {h: DTYPES[dtype] for h in hookpoints}
+  bar = _progress(sum(int(keep_all[i * rows_per_chunk:(i + 1) * rows_per_chunk].sum())
+                      for i in todo), progress)
+  t0, tokens = time.perf_counter(), 0
+  for i in todo:
+    r0, r1 = i * rows_per_chunk, min((i + 1) * rows_per_chunk, n_rows)
+    acts = {h: [] for h in hookpoints}
+    pending = None
+    for b0 in range(r0, r1 + batch_size, batch_size):
+      # dispatch batch b0 before fetching the previous one, so the host copy overlaps compute
+      nxt = None
+      if b0 < r1:
+        ids, mask = _batch(packed, b0, min(b0 + batch_size, r1), batch_size)
+        nxt = (b0, min(b0 + batch_size, r1), _dispatch(lm, hookpoints, ids, mask, dtype))
+      if pending is not None:
+        p0, p1, out = pending
+        keep = keep_all[p0:p1]
+        for h in hookpoints:
+          a = np.asarray(out[h])[: p1 - p0]
+          acts[h].append(a[keep])
+      pending = nxt
+    keep = keep_all[r0:r1]
+    rows, cols = np.nonzero(keep)
+    tok = dict(token_ids=packed.input_ids[r0:r1][keep].astype(np.int32),
+               doc_index=packed.doc_index[r0:r1][keep].astype(np.int32),
+               row=(rows + r0).astype(np.int32), col=cols.astype(np.int32))
+    files = _chunk_files(i, hookpoints)
+    digests = {}
+    _atomic_write(os.path.join(out_dir, files["tokens"]), lambda f: np.savez(f, **tok))
+    for h in hookpoints:
+      arr = (np.concatenate(acts[h]) if acts[h] else
+             np.zeros((0, lm.hookpoint_width(h)), cast[h]))
+      arr = np.ascontiguousarray(arr.astype(cast[h]).view(_STORED[dtype]))
+      _atomic_write(os.path.join(out_dir, files[h]), lambda f: np.save(f, arr))
+    for rel in files.values():
+      digests[rel] = sha256_file(os.path.join(out_dir, rel))
+    n = int(keep.sum())
+    done[i] = dict(index=i, rows=[r0, r1], n_tokens=n, sha256=digests)
+    manifest["chunks"] = sorted(done.values(), key=lambda e: e["index"])
+    _write_manifest(out_dir, manifest)
+    tokens += n
+    bar.update(n)
+  bar.close()
+  manifest["complete"] = len(done) == n_chunks
+  manifest["n_tokens"] = sum(e["n_tokens"] for e in done.values())
+  _write_manifest(out_dir, manifest)
+  dt = time.perf_counter() - t0
+  return dict(computed=todo, kept=sorted(set(done) - set(todo)), complete=manifest["complete"],
+              tokens=tokens, seconds=dt, tokens_per_s=tokens / dt if dt > 0 else float("nan"))
+
+
+def _batch(packed: Packed, b0: int, b1: int, batch_size: int):
+  ids, mask = packed.input_ids[b0:b1], packed.attention_mask[b0:b1]
+  if b1 - b0 < batch_size:  # pad the last batch to a fixed shape (one compilation)
+    pad = batch_size - (b1 - b0)
+    ids = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
+    mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), mask.dtype)])
+  return ids, mask
+
+
+def _dispatch(lm, hookpoints, ids, mask, dtype):
+  """Starts the forward (asynchronously) and the cast to the cache dtype on device."""
+  out = lm.apply(ids, mask, tuple(hookpoints))
+  jd = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
+  return {h: v.astype(jd) for h, v in out.items()}
+
+
+def _progress(total: int, enabled: bool):
+  try:
+    from tqdm import tqdm
+    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, file=sys.stderr,
+                desc="extract")
+  except ImportError:  # pragma: no cover
+    class _Nop:
+      def update(self, n): pass
+      def close(self): pass
+    return _Nop()
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclass
+class ActivationCache:
+  """Random access to a complete cache: `get(hookpoint, token_indices)` -> [n, width]."""
+  path: str
+  manifest: dict
+
+  @classmethod
+  def open(cls, path: str, model: str | None = None, hookpoints: Sequence[str] | None = None,
+           require_complete: bool = True) -> "ActivationCache":
+    m = read_manifest(path)
+    if m is None:
+      raise ConfigError(f"{path!r} has no {MANIFEST}: not an activation cache")
+    if model is not None and m["model"] != model:
+      raise ConfigError(f"cache {path!r} holds model {m['model']!r}, requested {model!r}")
+    for h in hookpoints or ():
+      if h not in m["hookpoints"]:
+        raise ConfigError(f"cache {path!r} has no hookpoint {h!r} (it has {m['hookpoints']})")
+    if require_complete and not m.get("complete"):
+      raise ConfigError(f"cache {path!r} is incomplete: rerun the extraction to finish it")
+    return cls(path, m)
+
+  def __post_init__(self):
+    self.chunks = sorted(self.manifest["chunks"], key=lambda e: e["index"])
+    self.offsets = np.cumsum([0] + [e["n_tokens"] for e in self.chunks])
+    self._mmaps: dict = {}
+
+  @property
+  def hookpoints(self) -> list[str]:
+    return list(self.manifest["hookpoints"])
+
+  @property
+  def n_tokens(self) -> int:
+    return int(self.offsets[-1])
+
+  @property
+  def dtype(self):
+    return DTYPES[self.manifest["dtype"]]
+
+  def width(self, hookpoint: str) -> int:
+    return int(self.manifest["widths"][hookpoint])
+
+  def verify(self) -> list[int]:
+    """Indices of chunks whose files do not match their checksums (empty when intact)."""
+    return [e["index"] for e in self.chunks if not _chunk_ok(self.path, e)]
+
+  def _chunk(self, hookpoint: str, k: int) -> np.ndarray:
+    key = (hookpoint, k)
+    if key not in self._mmaps:
+      rel = _chunk_files(self.chunks[k]["index"], [hookpoint])[hookpoint]
+      a = np.load(os.path.join(self.path, rel), mmap_mode="r")
+      self._mmaps[key] = a.view(self.dtype) if self.manifest["dtype"] == "bfloat16" else a
+    return self._mmaps[key]
+
+  def chunk(self, hookpoint: str, k: int) -> np.ndarray:
+    """The k-th chunk's activations for a hookpoint (memory-mapped)."""
+    return self._chunk(hookpoint, k)
+
+  def tokens(self, k: int) -> dict[str, np.ndarray]:
+    rel = _chunk_files(self.chunks[k]["index"], [])["tokens"]
+    with np.load(os.path.join(self.path, rel)) as z:
+      return {n: z[n] for n in z.files}
+
+  def get(self, hookpoint: str, idx) -> np.ndarray:
+    """Activations of the tokens with these global indices, in the order given."""
+    if hookpoint not in self.manifest["hookpoints"]:
+      raise ConfigError(f"cache {self.path!r} has no hookpoint {hookpoint!r}")
+    idx = np.asarray(idx, np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= self.n_tokens):
+      raise ConfigError(f"token index out of range [0, {self.n_tokens})")
+    out = np.empty((idx.size, self.width(hookpoint)), self.dtype)
+    which = np.searchsorted(self.offsets, idx, side="right") - 1
+    for k in np.unique(which):
+      sel = which == k
+      out[sel] = self._chunk(hookpoint, int(k))[idx[sel] - self.offsets[k]]
+    return out
+
+  def token_info(self, idx) -> dict[str, np.ndarray]:
+    """token_ids, doc_index, row, col of the tokens with these global indices."""
+    idx = np.asarray(idx, np.int64)
+    which = np.searchsorted(self.offsets, idx, side="right") - 1
+    out: dict[str, np.ndarray] = {}
+    for k in np.unique(which):
+      sel = which == k
+      t = self.tokens(int(k))
+      for n, v in t.items():
+        out.setdefault(n, np.empty(idx.size, v.dtype))[sel] = v[idx[sel] - self.offsets[k]]
+    return out
+
+  def process_range(self, process_index: int | None = None,
+                    process_count: int | None = None) -> range:
+    """The contiguous token indices this host reads in a multi-host run (near-equal parts)."""
+    p = jax.process_index() if process_index is None else process_index
+    c = jax.process_count() if process_count is None else process_count
+    return range(self.n_tokens * p // c, self.n_tokens * (p + 1) // c)
