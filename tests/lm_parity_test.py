@@ -22,7 +22,7 @@ from jaxcode import parallel
 from jaxcode.models.lm import load_pretrained
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
-ARCHS = ("gpt2", "gpt_neox", "bert")
+ARCHS = ("gpt2", "gpt_neox", "bert", "gpt_neox_seq")
 
 
 def rel_err(ours, ref):

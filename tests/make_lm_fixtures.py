@@ -92,14 +92,17 @@ def build(kind):
              "mlp_out": lambda b: b.mlp.c_proj}
     final_mod = body.ln_f
     specials = dict(eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<pad>")
-  elif kind == "gpt_neox":
+  elif kind in ("gpt_neox", "gpt_neox_seq"):
+    # Pythia layout (parallel residual, rotary on 1/4 of each head); the _seq variant has
+    # a sequential residual, rotary on half the head and a relu MLP.
+    seq = kind == "gpt_neox_seq"
     tok, V = make_tokenizer(["<|endoftext|>", "<unk>", "<pad>"])
     cfg = transformers.GPTNeoXConfig(
         vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=16, hidden_act="gelu",
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                         "partial_rotary_factor": 0.25},
-        use_parallel_residual=True, tie_word_embeddings=False,
+        intermediate_size=64, max_position_embeddings=16, hidden_act="relu" if seq else "gelu",
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0 if seq else 10000.0,
+                         "partial_rotary_factor": 0.5 if seq else 0.25},
+        use_parallel_residual=not seq, tie_word_embeddings=False,
         bos_token_id=0, eos_token_id=0, pad_token_id=2)
     model = transformers.GPTNeoXForCausalLM(cfg)
     blocks, body = model.gpt_neox.layers, model.gpt_neox
@@ -177,7 +180,7 @@ if __name__ == "__main__":
   ap.add_argument("--minilm", default=None, help="dir of all-MiniLM-L6-v2 (model.safetensors)")
   a = ap.parse_args()
   torch.manual_seed(0)
-  for s, kind in enumerate(("gpt2", "gpt_neox", "bert")):
+  for s, kind in enumerate(("gpt2", "gpt_neox", "bert", "gpt_neox_seq")):
     make(kind, seed=s + 1)
   if a.minilm:
     make_minilm(a.minilm)
