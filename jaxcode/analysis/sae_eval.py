@@ -1,0 +1,183 @@
+"""SAE evaluation on a held-out set: reconstruction, sparsity and dictionary statistics.
+
+All sums run over the WHOLE evaluation set (float64 on the host) before any ratio is taken:
+
+* explained_variance = 1 - sum ||x - x_hat||^2 / sum ||x - x_bar||^2, x_bar the global mean
+  (not per token, not about zero);
+* mse = sum ||x - x_hat||^2 / (N * d_in) (per element, raw units);
+* cosine = mean over tokens of cos(x, x_hat); l2_ratio = mean ||x_hat|| / ||x||;
+* relative_reconstruction_bias = E||x_hat||^2 / E<x, x_hat>;
+* l0 = mean number of nonzero latents per token; feature density = fraction of tokens on which
+  a latent fires; dead_fraction = density 0; dense fractions = density > 1% and > 10%;
+  a histogram of log10 density over the latents that fire;
+* decoder max-cosine statistics: for every decoder row, the largest cosine with another row.
+
+Figures (matplotlib, Agg): the density histogram and L0 against explained variance for a sweep.
+The spliced language-model metrics come later through ``evaluate_sae`` (``extra`` hook).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcode.models import sae as sae_lib
+
+
+class _Sums:
+  def __init__(self, d_in: int, d_sae: int):
+    self.n = 0
+    self.err2 = self.x2 = self.xhat2 = self.dot = self.cos = self.ratio = self.l0 = 0.0
+    self.x_sum = np.zeros(d_in)
+    self.fires = np.zeros(d_sae)
+
+  def add(self, x, x_hat, f):
+    x, x_hat, f = (np.asarray(v, np.float64) for v in (x, x_hat, f))
+    nx, nh = np.linalg.norm(x, axis=-1), np.linalg.norm(x_hat, axis=-1)
+    self.n += x.shape[0]
+    self.err2 += np.sum((x - x_hat) ** 2)
+    self.x2 += np.sum(x * x)
+    self.x_sum += x.sum(0)
+    self.xhat2 += np.sum(x_hat * x_hat)
+    self.dot += np.sum(x * x_hat)
+    self.cos += np.sum(np.sum(x * x_hat, -1) / np.maximum(nx * nh, 1e-30))
+    self.ratio += np.sum(nh / np.maximum(nx, 1e-30))
+    active = f != 0
+    self.l0 += active.sum()
+    self.fires += active.sum(0)
+
+
+def reconstruction_metrics(batches, d_in: int, d_sae: int, hist_bins: int = 40) -> dict:
+  """Metrics from an iterable of (x [B, D], x_hat [B, D], codes [B, M]) in raw units."""
+  s = _Sums(d_in, d_sae)
+  for x, x_hat, f in batches:
+    s.add(x, x_hat, f)
+  n = max(s.n, 1)
+  mean = s.x_sum / n
+  total_var = s.x2 - n * np.dot(mean, mean)     # sum ||x - x_bar||^2 (float64)
+  density = s.fires / n
+  logd = np.log10(density[density > 0])
+  hist, edges = np.histogram(logd, bins=hist_bins, range=(-np.log10(n) - 0.5, 0.0))
+  return {
+      "n_tokens": int(s.n),
+      "l0": s.l0 / n,
+      "explained_variance": 1.0 - s.err2 / max(total_var, 1e-30),
+      "mse": s.err2 / (n * d_in),
+      "cosine": s.cos / n,
+      "l2_ratio": s.ratio / n,
+      "relative_reconstruction_bias": s.xhat2 / s.dot if s.dot != 0 else float("nan"),
+      "dead_fraction": float(np.mean(density == 0)),
+      "dense_fraction_1pct": float(np.mean(density > 0.01)),
+      "dense_fraction_10pct": float(np.mean(density > 0.1)),
+      "feature_density": density,
+      "log10_density_hist": {"counts": hist, "edges": edges},
+  }
+
+
+def decoder_max_cosine(w_dec_MD, block: int = 4096) -> dict:
+  """For each decoder row the largest cosine with any other row: mean, median, max, >0.9."""
+  w = jnp.asarray(w_dec_MD, jnp.float32)
+  w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+  m = w.shape[0]
+
+  @jax.jit
+  def rows(start):
+    blk = jax.lax.dynamic_slice_in_dim(w, start, min(block, m), 0)
+    c = blk @ w.T
+    own = start + jnp.arange(blk.shape[0])
+    c = c.at[jnp.arange(blk.shape[0]), own].set(-jnp.inf)
+    return c.max(-1)
+
+  starts = list(range(0, m, block))
+  if m % block:
+    starts[-1] = m - min(block, m)
+  mx = np.zeros(m)
+  for st in starts:
+    mx[st:st + min(block, m)] = np.asarray(rows(st))
+  return {"mean": float(mx.mean()), "median": float(np.median(mx)), "max": float(mx.max()),
+          "frac_over_0.9": float(np.mean(mx > 0.9)), "per_latent": mx}
+
+
+def evaluate_sae(cfg: sae_lib.SAEConfig, params, aux, x_eval_ND, batch_size: int = 1024,
+                 extra: Callable[[Callable, Callable], dict] | None = None) -> dict:
+  """All metrics of ONE SAE (unstacked params/aux) on raw held-out activations."""
+  enc = jax.jit(lambda x: sae_lib.encode(cfg, params, aux, x))
+  dec = jax.jit(lambda f: sae_lib.decode(cfg, params, aux, f))
+  x_eval_ND = np.asarray(x_eval_ND, np.float32)
+
+  def batches():
+    for i in range(0, len(x_eval_ND), batch_size):
+      x = x_eval_ND[i:i + batch_size]
+      f = enc(jnp.asarray(x))
+      yield x, np.asarray(dec(f)), np.asarray(f)
+
+  out = reconstruction_metrics(batches(), cfg.d_in, cfg.d_sae)
+  out["decoder_max_cosine"] = decoder_max_cosine(params["W_dec"])
+  if extra is not None:
+    out.update(extra(enc, dec))
+  return out
+
+
+def summary(metrics: dict) -> dict:
+  """The JSON-friendly scalars of `evaluate_sae` (per-latent arrays dropped)."""
+  out = {k: v for k, v in metrics.items() if np.isscalar(v)}
+  h = metrics.get("log10_density_hist")
+  if h is not None:
+    out["log10_density_hist"] = {"counts": np.asarray(h["counts"]).tolist(),
+                                 "edges": np.asarray(h["edges"]).tolist()}
+  dmc = metrics.get("decoder_max_cosine")
+  if dmc is not None:
+    out["decoder_max_cosine"] = {k: v for k, v in dmc.items() if k != "per_latent"}
+  return out
+
+
+# ------------------------------------------------------------------ figures
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig, path):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  os.replace(tmp, path)
+
+
+def plot_density_histogram(metrics_list: list[dict], labels: list[str], path: str) -> str:
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  for m, lab in zip(metrics_list, labels):
+    h = m["log10_density_hist"]
+    e = np.asarray(h["edges"])
+    ax.step(0.5 * (e[1:] + e[:-1]), h["counts"], where="mid",
+            label=f"{lab} (dead {m['dead_fraction']:.1%})")
+  ax.set_xlabel("log10 feature density")
+  ax.set_ylabel("latents")
+  ax.legend(fontsize=7)
+  _save(fig, path)
+  plt.close(fig)
+  return path
+
+
+def plot_l0_vs_ev(metrics_list: list[dict], labels: list[str], path: str) -> str:
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  l0 = [m["l0"] for m in metrics_list]
+  ev = [m["explained_variance"] for m in metrics_list]
+  ax.plot(l0, ev, "o-")
+  for x, y, lab in zip(l0, ev, labels):
+    ax.annotate(lab, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  ax.set_xscale("log")
+  ax.set_xlabel("L0 (active latents / token)")
+  ax.set_ylabel("explained variance")
+  _save(fig, path)
+  plt.close(fig)
+  return path
