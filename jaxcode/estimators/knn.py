@@ -1,0 +1,358 @@
+"""Exact k nearest neighbours by blocked pairwise distances, sharded over query blocks.
+
+The N queries are cut into blocks of `query_block` rows; each block is compared with the
+references in blocks of `ref_block` rows, so the largest temporary is a
+(query_block x ref_block) score matrix and never N x N. Query blocks are laid out as
+(devices, blocks per device, query_block, d), the leading axis sharded over the mesh's
+'data' axis; under `jax.shard_map` each device runs `lax.map` over its own blocks against
+the replicated references, so no collective is needed (left to the SPMD partitioner,
+`lax.top_k` over a sharded batch axis was all-gathered).
+
+Selection inside a reference block is exact and cheaper than a full `lax.top_k` over the
+block: the block's scores are cut into groups of `group` columns, and the k groups with
+the smallest minima are kept. Every score below the k-th smallest group minimum t lies in
+one of those k groups, and those groups hold at least k scores <= t, so the k smallest
+scores among them are the k smallest of the block (ties at t may resolve either way).
+Then `lax.top_k` runs on k * group candidates instead of ref_block scores.
+
+Euclidean scores are ranked by ||r||^2 - 2 q.r on centred data (one matmul per block);
+the k chosen distances are then recomputed exactly as ||q - r|| so near neighbours keep
+full precision. Max-norm distances are computed directly.
+
+Self is excluded by index. Duplicate points are kept as neighbours at distance 0; they
+are counted by `n_zero_first` (points whose nearest neighbour is at distance 0) and
+`knn_distinct`, which the estimators call, drops repeated rows with a warning giving the
+count, or raises, before estimating.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxcode.parallel import DATA, ConfigError
+
+METRICS = ("euclidean", "maxnorm")
+DUPLICATE_POLICIES = ("drop", "error")
+
+# Default block sizes; the memory model below is in terms of these.
+QUERY_BLOCK = 256
+REF_BLOCK = 32768
+GROUP = 32
+# Max-norm needs a (query_block, ref_block, d) difference tensor; its ref block is cut so
+# that tensor stays under this many elements.
+MAXNORM_ELEMS = 1 << 24
+
+
+class Knn(NamedTuple):
+  """Sorted neighbour distances and indices, self excluded. dist_NK[:, 0] is the nearest;
+  n_zero counts points whose nearest neighbour is at distance 0 (they have duplicates)."""
+  dist_NK: jax.Array
+  idx_NK: jax.Array
+  n_zero: jax.Array
+
+
+# ------------------------------------------------------------------ input checks
+
+def check_points(x, name: str = "x", min_n: int = 2) -> np.ndarray | jax.Array:
+  """Validates an (N, d) point array: 2-D, N >= min_n, all finite. Returns it as is."""
+  if not hasattr(x, "shape"):
+    x = np.asarray(x)
+  if x.ndim != 2:
+    raise ConfigError(f"{name} has shape {tuple(x.shape)}: expected a 2-D array (N, d)")
+  n, d = x.shape
+  if d < 1:
+    raise ConfigError(f"{name} has shape {tuple(x.shape)}: expected at least one column")
+  if n < min_n:
+    raise ConfigError(f"{name} has N={n} points: this estimator needs N >= {min_n}")
+  if not jnp.issubdtype(x.dtype, jnp.floating) and not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ConfigError(f"{name} has dtype {x.dtype}: expected a real floating or integer array")
+  finite = np.isfinite(x).all() if isinstance(x, np.ndarray) else bool(jnp.isfinite(x).all())
+  if not finite:
+    raise ConfigError(f"{name} contains NaN or Inf: expected finite values")
+  return x
+
+
+def check_k(k: int, n: int, name: str = "k", low: int = 1) -> int:
+  if int(k) != k or k < low:
+    raise ConfigError(f"{name}={k}: expected an integer >= {low}")
+  if k >= n:
+    raise ConfigError(f"{name}={k} with N={n} points: expected {name} < N (self is excluded)")
+  return int(k)
+
+
+def check_metric(metric: str) -> str:
+  if metric not in METRICS:
+    raise ConfigError(f"metric={metric!r}: expected one of {METRICS}")
+  return metric
+
+
+# ------------------------------------------------------------------ duplicates
+
+def count_duplicates(x) -> int:
+  """Number of rows of x that repeat an earlier row (N minus the number of unique rows)."""
+  xn = np.asarray(x)
+  return int(xn.shape[0] - np.unique(xn, axis=0).shape[0])
+
+
+def drop_duplicates(x) -> tuple[np.ndarray, int]:
+  """x with repeated rows removed (first occurrence kept, order kept) and how many went."""
+  xn = np.asarray(x)
+  _, first = np.unique(xn, axis=0, return_index=True)
+  keep = np.sort(first)
+  return xn[keep], int(xn.shape[0] - keep.shape[0])
+
+
+def n_zero_first(knn: Knn) -> int:
+  """Points whose nearest neighbour is at distance 0 (each has at least one duplicate)."""
+  return int(knn.n_zero)
+
+
+def knn_distinct(x, k: int, what: str, duplicates: str = "drop", metric: str = "euclidean",
+                 mesh: Mesh | None = None, min_n: int = 2, **blocks) -> tuple[Knn, int, int]:
+  """knn after the duplicate policy; returns (Knn, N used, number of rows dropped).
+
+  Duplicates are detected from the neighbours themselves (a point has a duplicate iff its
+  nearest neighbour is at distance 0: one scalar fetched from the device). Only then are
+  the rows made unique on the host: 'drop' removes repeated rows with a one-line warning
+  giving the count and recomputes; 'error' raises.
+  """
+  if duplicates not in DUPLICATE_POLICIES:
+    raise ConfigError(f"duplicates={duplicates!r}: expected one of {DUPLICATE_POLICIES}")
+  x = check_points(x, min_n=2)
+  check_k(k, x.shape[0])
+  if x.shape[0] < min_n:
+    raise ConfigError(f"x has N={x.shape[0]} points: {what} needs N >= {min_n}")
+  nn = _knn_run(x, k, metric, mesh, **blocks)
+  n_zero = n_zero_first(nn)
+  if n_zero == 0:
+    return nn, x.shape[0], 0
+  x_u, n_dup = drop_duplicates(x)
+  if duplicates == "error":
+    raise ConfigError(f"x has {n_dup} duplicate rows ({n_zero} points at distance 0 from a "
+                      f"neighbour): {what} needs distinct points (duplicates='drop' removes them)")
+  warnings.warn(f"{what}: dropped {n_dup} duplicate rows of {x.shape[0]} before estimating",
+                stacklevel=3)
+  if x_u.shape[0] < min_n or k >= x_u.shape[0]:
+    raise ConfigError(f"x has {x_u.shape[0]} distinct points after dropping {n_dup} duplicates: "
+                      f"{what} needs N >= {max(min_n, k + 1)}")
+  return _knn_run(x_u, k, metric, mesh, **blocks), x_u.shape[0], n_dup
+
+
+# ------------------------------------------------------------------ block geometry
+
+class Plan(NamedTuple):
+  """Static block layout for one knn call."""
+  n: int            # points
+  k: int
+  n_dev: int        # devices on the 'data' axis
+  q: int            # query block
+  blocks_per_dev: int
+  r: int            # reference block (multiple of c)
+  c: int            # group size inside a reference block
+  n_ref_blocks: int
+
+
+def plan(n: int, k: int, d: int, metric: str = "euclidean", n_dev: int = 1,
+         query_block: int = QUERY_BLOCK, ref_block: int = REF_BLOCK,
+         group: int = GROUP) -> Plan:
+  """Block sizes for N points; small N shrinks the blocks so padding stays small."""
+  q = max(1, min(query_block, -(-n // n_dev)))
+  blocks_per_dev = -(-n // (n_dev * q))
+  r_target = min(ref_block, n)
+  if metric == "maxnorm":
+    r_target = max(1, min(r_target, MAXNORM_ELEMS // max(1, q * d)))
+  r_target = max(r_target, k)
+  c = max(1, min(group, r_target // k))
+  g = -(-r_target // c)
+  r = g * c
+  return Plan(n, k, n_dev, q, blocks_per_dev, r, c, -(-n // r))
+
+
+def memory_bytes(p: Plan, d: int, itemsize: int = 4, metric: str = "euclidean") -> dict:
+  """Memory model of one knn call, in bytes per device.
+
+  Resident: the caller's (N, d) input, the replicated references (padded to whole
+  reference blocks, plus squared norms), this device's padded queries and their global
+  indices, and the (k distances, k int32 indices) output. Working set of one step of the block loop: the query_block x
+  ref_block score matrix, its group minima, the k*group candidates with their indices,
+  the running and merged top-k, and the (query_block, k, d) gather for exact distances;
+  doubled for the loop's double buffering. Max-norm adds the (query_block, ref_block, d)
+  difference tensor.
+  """
+  n_ref = p.n_ref_blocks * p.r
+  n_q_local = p.blocks_per_dev * p.q
+  resident = (p.n * d * itemsize + n_ref * (d + 1) * itemsize + n_q_local * (d * itemsize + 4)
+              + n_q_local * p.k * (itemsize + 4))
+  g = p.r // p.c
+  step = (p.q * p.r * itemsize + p.q * g * itemsize + p.q * p.k * p.c * (itemsize + 4)
+          + 4 * p.q * p.k * (itemsize + 4) + p.q * p.k * d * itemsize)
+  if metric == "maxnorm":
+    step += p.q * p.r * d * itemsize
+  return dict(resident=resident, working=2 * step, total=resident + 2 * step)
+
+
+def largest_n(budget_bytes: float, d: int, k: int, metric: str = "euclidean", n_dev: int = 1,
+              itemsize: int = 4, **blocks) -> int:
+  """Largest N whose memory model (per device) fits the budget, by bisection on N."""
+  def fits(n):
+    mem = memory_bytes(plan(n, k, d, metric, n_dev, **blocks), d, itemsize, metric)
+    return mem["total"] <= budget_bytes
+  lo, hi = k + 1, k + 2
+  while fits(hi):
+    lo, hi = hi, hi * 2
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo
+
+
+# ------------------------------------------------------------------ the kernel
+
+def _block_select(s_QR, ridx_R, k: int, c: int):
+  """The k smallest scores per row of s_QR and their reference indices (unsorted).
+
+  Exact two-stage selection: the k groups (of c columns) with the smallest minima contain
+  the k smallest scores (module docstring).
+  """
+  q, r = s_QR.shape
+  if c == 1:
+    neg, pos = lax.top_k(-s_QR, k)
+    return -neg, ridx_R[pos]
+  s_QGC = s_QR.reshape(q, r // c, c)
+  _, gsel_QK = lax.top_k(-s_QGC.min(-1), k)
+  cand = jnp.take_along_axis(s_QGC, gsel_QK[:, :, None], axis=1).reshape(q, k * c)
+  cidx = (gsel_QK[:, :, None] * c + jnp.arange(c)[None, None, :]).reshape(q, k * c)
+  neg, pos = lax.top_k(-cand, k)
+  return -neg, ridx_R[jnp.take_along_axis(cidx, pos, axis=1)]
+
+
+def _scores(q_QD, ref_RD, sqn_R, metric: str):
+  if metric == "euclidean":
+    return sqn_R[None, :] - 2.0 * (q_QD @ ref_RD.T)
+  return jnp.max(jnp.abs(q_QD[:, None, :] - ref_RD[None, :, :]), axis=-1)
+
+
+def _query_block(q_QD, qidx_Q, ref_BRD, sqn_BR, p: Plan, metric: str):
+  """Neighbours of one query block against all reference blocks (scan with a top-k merge)."""
+  r = p.r
+
+  def one_ref_block(b, ref_RD, sqn_R):
+    ridx_R = b * r + jnp.arange(r, dtype=jnp.int32)
+    s = _scores(q_QD, ref_RD, sqn_R, metric)
+    bad = (ridx_R[None, :] == qidx_Q[:, None]) | (ridx_R[None, :] >= p.n)
+    s = jnp.where(bad, jnp.inf, s)
+    return _block_select(s, ridx_R, p.k, p.c)
+
+  if p.n_ref_blocks == 1:
+    best_s, best_i = one_ref_block(0, ref_BRD[0], sqn_BR[0])
+  else:
+    def body(carry, xs):
+      b, ref_RD, sqn_R = xs
+      s_new, i_new = one_ref_block(b, ref_RD, sqn_R)
+      s_cat = jnp.concatenate([carry[0], s_new], axis=1)
+      i_cat = jnp.concatenate([carry[1], i_new], axis=1)
+      neg, pos = lax.top_k(-s_cat, p.k)
+      return (-neg, jnp.take_along_axis(i_cat, pos, axis=1)), None
+
+    init = (jnp.full((q_QD.shape[0], p.k), jnp.inf, q_QD.dtype),
+            jnp.zeros((q_QD.shape[0], p.k), jnp.int32))
+    bs = jnp.arange(p.n_ref_blocks, dtype=jnp.int32)
+    (best_s, best_i), _ = lax.scan(body, init, (bs, ref_BRD, sqn_BR))
+
+  # Exact distances of the chosen neighbours, then sort.
+  ref_ND = ref_BRD.reshape(-1, ref_BRD.shape[-1])
+  diff = q_QD[:, None, :] - ref_ND[best_i]
+  if metric == "euclidean":
+    dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+  else:
+    dist = jnp.max(jnp.abs(diff), axis=-1)
+  dist, idx = lax.sort_key_val(dist, best_i, dimension=1)
+  return dist, idx
+
+
+@functools.partial(jax.jit, static_argnames=("p", "metric", "mesh"))
+def _knn_impl(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR, p: Plan, metric: str, mesh: Mesh | None = None):
+  """Each device maps over its own query blocks. With a mesh this runs under shard_map:
+  the SPMD partitioner would otherwise all-gather the top_k operands across 'data'."""
+  def per_device(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR):
+    def one(a):
+      return _query_block(a[0], a[1], ref_BRD, sqn_BR, p, metric)
+    return jax.vmap(lambda q, i: lax.map(one, (q, i)))(q_VBQD, qidx_VBQ)
+
+  if mesh is None:
+    return per_device(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR)
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(DATA), P(DATA), P(), P()),
+                          out_specs=P(DATA), check_vma=False)
+  return sharded(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR)
+
+
+def _layout_core(x_ND, p: Plan):
+  n, d = x_ND.shape
+  x = x_ND - jnp.mean(x_ND, axis=0, keepdims=True)
+  n_q = p.n_dev * p.blocks_per_dev * p.q
+  n_ref = p.n_ref_blocks * p.r
+  q = jnp.pad(x, ((0, n_q - n), (0, 0))).reshape(p.n_dev, p.blocks_per_dev, p.q, d)
+  qidx = jnp.arange(n_q, dtype=jnp.int32).reshape(p.n_dev, p.blocks_per_dev, p.q)
+  ref = jnp.pad(x, ((0, n_ref - n), (0, 0)))
+  sqn = jnp.sum(ref * ref, axis=1)
+  return q, qidx, ref.reshape(p.n_ref_blocks, p.r, d), sqn.reshape(p.n_ref_blocks, p.r)
+
+
+def _layout(x_ND, p: Plan, mesh: Mesh | None):
+  """Centres x, pads queries and references to whole blocks, places them on the mesh
+  (queries sharded over 'data', references replicated)."""
+  if mesh is None:
+    return jax.jit(_layout_core, static_argnums=1)(x_ND, p)
+  shard, rep = NamedSharding(mesh, P(DATA)), NamedSharding(mesh, P())
+  return jax.jit(_layout_core, static_argnums=1,
+                 out_shardings=(shard, shard, rep, rep))(x_ND, p)
+
+
+def knn(x, k: int, metric: str = "euclidean", mesh: Mesh | None = None,
+        query_block: int = QUERY_BLOCK, ref_block: int = REF_BLOCK,
+        group: int = GROUP) -> Knn:
+  """Exact k nearest neighbours of every row of x among the other rows.
+
+  x: (N, d) NumPy or JAX array, finite. metric: 'euclidean' or 'maxnorm' (Chebyshev).
+  mesh: shard the query blocks over its 'data' axis (references replicated); None runs
+  on the default device. Returns Knn(dist_NK, idx_NK), sorted by distance, self excluded;
+  duplicates of a point appear as neighbours at distance 0.
+  """
+  check_metric(metric)
+  x = check_points(x, min_n=2)
+  check_k(k, x.shape[0])
+  return _knn_run(x, k, metric, mesh, query_block, ref_block, group)
+
+
+@functools.partial(jax.jit, static_argnames=("p", "metric", "mesh"))
+def _knn_all(x_ND, p: Plan, metric: str, mesh: Mesh | None):
+  """Layout, neighbour search, unpadding and the zero-distance count in one program."""
+  q, qidx, ref, sqn = _layout_core(x_ND, p)
+  if mesh is not None:
+    shard, rep = NamedSharding(mesh, P(DATA)), NamedSharding(mesh, P())
+    q, qidx = lax.with_sharding_constraint((q, qidx), shard)
+    ref, sqn = lax.with_sharding_constraint((ref, sqn), rep)
+  dist, idx = _knn_impl(q, qidx, ref, sqn, p=p, metric=metric, mesh=mesh)
+  dist, idx = dist.reshape(-1, p.k)[:p.n], idx.reshape(-1, p.k)[:p.n]
+  return Knn(dist, idx, jnp.sum(dist[:, 0] == 0))
+
+
+def _knn_run(x, k: int, metric: str, mesh: Mesh | None, query_block: int = QUERY_BLOCK,
+             ref_block: int = REF_BLOCK, group: int = GROUP) -> Knn:
+  n, d = x.shape
+  check_metric(metric)
+  n_dev = 1 if mesh is None else int(mesh.shape[DATA])
+  p = plan(n, k, d, metric, n_dev, query_block, ref_block, group)
+  xj = jnp.asarray(x)
+  if not jnp.issubdtype(xj.dtype, jnp.floating):
+    xj = xj.astype(jnp.float32)
+  return _knn_all(xj, p=p, metric=metric, mesh=mesh)
