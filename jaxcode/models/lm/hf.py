@@ -258,7 +258,7 @@ class PretrainedLM:
       self._fns[key] = jax.jit(fwd)
     return self._fns[key]
 
-  def apply(self, input_ids, attention_mask=None, hookpoints=("logits",)):
+  def apply(self, input_ids, attention_mask=None, hookpoints=("final",)):
     fn = self.forward_fn(hookpoints)  # validates names before any compute
     ids = np.asarray(input_ids) if not isinstance(input_ids, jax.Array) else input_ids
     if ids.ndim != 2:
