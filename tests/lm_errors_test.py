@@ -100,3 +100,9 @@ def test_bad_hookpoints():
   one_line_error(lambda: lm.apply(ids, None, ["blocks.0.attn_pattern"]), "attn_pattern")
   one_line_error(lambda: lm.apply(ids, None, ["resid"]), "'resid'")
   one_line_error(lambda: lm.apply(np.zeros((1, 40), np.int32), None, ["embed"]), "40")
+
+
+def test_torch_only_checkpoint(copy):
+  d = copy()
+  os.rename(d / "model.safetensors", d / "pytorch_model.bin")
+  one_line_error(lambda: load_pretrained(str(d)), "model.safetensors", "pytorch_model.bin")
