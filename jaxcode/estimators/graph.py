@@ -258,6 +258,7 @@ _layered_counts_jit = jax.jit(_layered_counts, static_argnums=(4, 5, 6))
 # ------------------------------------------------------------------ one hop
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
 def one_hop_histograms(dist_NK, T: int):
   """Released-code binning: per source, #{d : 1 < d <= T, round(d) == r}, r = 0..T.
 
@@ -274,8 +275,12 @@ def one_hop_layered_histograms(kernels: Sequence, T: int, p: float = -1.0, dtype
   """Stacked one-hop histograms (sum_l n_l, T+1) of every kernel's sources (out-stars)."""
   if int(T) < 2:
     raise ConfigError(f"T={T}: expected a distance cut-off >= 2")
-  return jnp.concatenate([one_hop_histograms(edge_lengths(jnp.asarray(k, dtype), p), int(T))
-                          for k in kernels], axis=0)
+  return _one_hop_stack([jnp.asarray(k, dtype) for k in kernels], int(T), float(p))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _one_hop_stack(kernels, T, p):
+  return jnp.concatenate([one_hop_histograms(edge_lengths(k, p), T) for k in kernels], axis=0)
 
 
 # ------------------------------------------------------------------ general sparse graphs
