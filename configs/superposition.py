@@ -37,29 +37,29 @@ def get_config(variant: str = "seed40") -> ConfigDict:
       importance_max=1.0,      # first feature's importance (linear)
       importance_min=0.1,      # last feature's importance (linear)
       importance_decay=0.9,    # I_i = decay^i (geometric)
-      sparsities=[0.1, 0.5, 0.9],  # S: probability that a feature is zero
-      models=["linear", "relu"],   # output models trained side by side
+      sparsities=(0.1, 0.5, 0.9),  # S: probability that a feature is zero
+      models=("linear", "relu"),   # output models trained side by side
       seeds=1,                 # independent instances per (model, sparsity)
       batch=1024,              # samples per instance per step
       init_std=0.0,            # 0: the notebook's xavier std sqrt(2 / (n m + L m)), L = #sparsities
-      relative_importance=[],  # phase diagram only: importance of feature 2 (feature 1 has 1)
+      relative_importance=(),  # phase diagram only: importance of feature 2 (feature 1 has 1)
   ))
   if variant == "feature_geometry":
     c.toy.n, c.toy.m = 200, 20
     c.toy.importance = "uniform"
-    c.toy.sparsities = [float(1.0 - 20.0 ** (-k / 19)) for k in range(20)]
-    c.toy.models = ["relu"]
+    c.toy.sparsities = tuple(float(1.0 - 20.0 ** (-k / 19)) for k in range(20))
+    c.toy.models = ("relu",)
   elif variant == "phase":
     c.toy.n, c.toy.m = 2, 1
     c.toy.importance = "uniform"
-    c.toy.models = ["relu"]
-    c.toy.sparsities = [float(1.0 - d) for d in np.logspace(-2, 0, 12)]
-    c.toy.relative_importance = [float(r) for r in np.logspace(-1, 1, 12)]
+    c.toy.models = ("relu",)
+    c.toy.sparsities = tuple(float(1.0 - d) for d in np.logspace(-2, 0, 12))
+    c.toy.relative_importance = tuple(float(r) for r in np.logspace(-1, 1, 12))
     c.steps = 4_000
     c.checkpoint.every = 1_000
   elif variant == "tiny":      # seconds on a laptop; what the tests run
     c.toy.n, c.toy.m = 8, 2
-    c.toy.sparsities = [0.0, 0.9]
+    c.toy.sparsities = (0.0, 0.9)
     c.toy.batch = 64
     c.steps = 200
     c.log_every = 50

@@ -183,3 +183,13 @@ def global_batch(local_np: np.ndarray | dict, sharding: NamedSharding | dict,
 
 def is_main_process() -> bool:
   return jax.process_index() == 0
+
+
+def to_host(tree):
+  """NumPy copy of a pytree of (possibly multi-host sharded) arrays, on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return jax.tree.map(
+      lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+      if isinstance(x, jax.Array) and not x.is_fully_addressable else np.asarray(x), tree)

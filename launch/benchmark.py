@@ -3,6 +3,8 @@
 import importlib
 import json
 
+from jaxcode.experiments import common
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -23,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.app_run(main)

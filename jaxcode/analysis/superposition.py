@@ -49,6 +49,14 @@ def dims_per_feature(w_NM) -> float:
   return float(w.shape[1] / np.sum(w ** 2))
 
 
+def projection_error(w_NM) -> float:
+  """||G^2 - G||_F for G = W W^T: zero exactly when G is an orthogonal projection, i.e. the
+  stored features span orthogonal directions without interference (what a linear model
+  learns: PCA of the importance-weighted features); positive under superposition."""
+  g = gram(w_NM)
+  return float(np.linalg.norm(g @ g - g))
+
+
 def represented(w_NM, threshold: float = 0.5) -> np.ndarray:
   """Features whose direction has norm above `threshold` (learned features have ~1)."""
   return feature_norms(w_NM) > threshold
@@ -68,6 +76,7 @@ def summarize(w_NM, b_N) -> dict:
       "bias": np.asarray(b_N, np.float64).tolist(),
       "n_represented": int(rep.sum()),
       "frobenius_sq": float(np.sum(np.asarray(w_NM, np.float64) ** 2)),
+      "projection_error": projection_error(w_NM),
       "max_offdiag_represented": float(np.abs(off).max()) if rep.sum() > 1 else 0.0,
   }
 

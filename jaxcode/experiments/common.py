@@ -69,3 +69,29 @@ def run_main(fn: Callable[[], Any]) -> None:
   except Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(143)
+
+
+def app_run(main) -> None:
+  """absl app.run, but a bad --config override (an unknown field, a value of the wrong
+  type) is reported in one line naming it, before any compute."""
+  from absl import app, flags, logging
+  try:
+    remaining = flags.FLAGS(sys.argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    name = str(e).strip("'\" ")
+    bad = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and name in a]
+    where = f" {bad[0]}" if bad else ""
+    print(f"error: bad config override{where}: {name!r} is not a field of the config "
+          f"or its value has the wrong type ({type(e).__name__})", file=sys.stderr)
+    sys.exit(2)
+  quiet = not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:])
+
+  def wrapped(argv):
+    if quiet:   # orbax logs every save at INFO; keep the progress lines readable
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+
+  app.run(wrapped, flags_parser=lambda argv: remaining)

@@ -137,8 +137,9 @@ def make_task(config, inst: Instances, mesh) -> loop.Task:
 
 
 def analyse(params, inst: Instances) -> list[dict]:
-  w = np.asarray(jax.device_get(params["W"]), np.float64)
-  b = np.asarray(jax.device_get(params["b"]), np.float64)
+  host = parallel.to_host(params)
+  w = np.asarray(host["W"], np.float64)
+  b = np.asarray(host["b"], np.float64)
   out = []
   for i in range(inst.n_real):
     rec = {"model": inst.model[i], "sparsity": float(inst.sparsity[i]),
@@ -170,11 +171,16 @@ def summary(instances: list[dict]) -> dict:
   return out
 
 
-def run(config, workdir: str) -> dict:
-  """Trains the configured sweep in `workdir` (resuming) and writes results and figures."""
-  _, model_axis = validate(config, workdir)
+def run(config, workdir: str, mesh=None) -> dict:
+  """Trains the configured sweep in `workdir` (resuming) and writes results and figures.
+
+  `mesh` overrides config.mesh (tests use it to run on a subset of the devices).
+  """
   parallel.maybe_initialize_from_config(config.distributed)
-  mesh = parallel.mesh_from_config(config.mesh)
+  if mesh is None:
+    validate(config, workdir)
+    mesh = parallel.mesh_from_config(config.mesh)
+  model_axis = mesh.shape[parallel.MODEL]
   inst = build_instances(config.toy, pad_to=model_axis)
   if parallel.is_main_process():
     common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -184,6 +190,7 @@ def run(config, workdir: str) -> dict:
   out = {"experiment": "superposition", "variant": config.get("variant", ""),
          "n": int(config.toy.n), "m": int(config.toy.m), "steps": int(config.steps),
          "final_loss": float(np.sum(np.asarray(result.metrics["instance_loss"])[:inst.n_real])),
+         "device_count": jax.device_count(), "process_count": jax.process_count(),
          "instances": records, "summary": summary(records)}
   if parallel.is_main_process():
     from jaxcode.report import superposition as figs

@@ -139,8 +139,8 @@ def make_step_fn(task: Task, tx: optax.GradientTransformation):
     params = optax.apply_updates(state.params, updates)
     if task.post_update is not None:
       params = task.post_update(params, aux)
-    out = {"loss": loss, "grad_norm": optax.global_norm(grads),
-           "param_norm": optax.global_norm(params)}
+    out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+           "param_norm": optax.tree.norm(params)}
     out.update(metrics)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, aux=aux), out
 
