@@ -5,7 +5,8 @@ All sums run over the WHOLE evaluation set (float64 on the host) before any rati
 * explained_variance = 1 - sum ||x - x_hat||^2 / sum ||x - x_bar||^2, x_bar the global mean
   (not per token, not about zero);
 * mse = sum ||x - x_hat||^2 / (N * d_in) (per element, raw units);
-* cosine = mean over tokens of cos(x, x_hat); l2_ratio = mean ||x_hat|| / ||x||;
+* cosine = mean over tokens of cos(x, x_hat); l2_ratio = mean ||x_hat|| / ||x|| (both over
+  tokens with x != 0);
 * relative_reconstruction_bias = E||x_hat||^2 / E<x, x_hat>;
 * l0 = mean number of nonzero latents per token; feature density = fraction of tokens on which
   a latent fires; dead_fraction = density 0; dense fractions = density > 1% and > 10%;
@@ -30,7 +31,7 @@ from jaxcode.models import sae as sae_lib
 
 class _Sums:
   def __init__(self, d_in: int, d_sae: int):
-    self.n = 0
+    self.n = self.n_nonzero = 0
     self.err2 = self.x2 = self.xhat2 = self.dot = self.cos = self.ratio = self.l0 = 0.0
     self.x_sum = np.zeros(d_in)
     self.fires = np.zeros(d_sae)
@@ -44,8 +45,10 @@ class _Sums:
     self.x_sum += x.sum(0)
     self.xhat2 += np.sum(x_hat * x_hat)
     self.dot += np.sum(x * x_hat)
-    self.cos += np.sum(np.sum(x * x_hat, -1) / np.maximum(nx * nh, 1e-30))
-    self.ratio += np.sum(nh / np.maximum(nx, 1e-30))
+    ok = nx > 0                     # all-zero inputs have no direction: left out of both
+    self.n_nonzero += int(ok.sum())
+    self.cos += np.sum(np.sum(x * x_hat, -1)[ok] / np.maximum(nx[ok] * nh[ok], 1e-30))
+    self.ratio += np.sum(nh[ok] / nx[ok])
     active = f != 0
     self.l0 += active.sum()
     self.fires += active.sum(0)
@@ -67,8 +70,8 @@ def reconstruction_metrics(batches, d_in: int, d_sae: int, hist_bins: int = 40) 
       "l0": s.l0 / n,
       "explained_variance": 1.0 - s.err2 / max(total_var, 1e-30),
       "mse": s.err2 / (n * d_in),
-      "cosine": s.cos / n,
-      "l2_ratio": s.ratio / n,
+      "cosine": s.cos / max(s.n_nonzero, 1),
+      "l2_ratio": s.ratio / max(s.n_nonzero, 1),
       "relative_reconstruction_bias": s.xhat2 / s.dot if s.dot != 0 else float("nan"),
       "dead_fraction": float(np.mean(density == 0)),
       "dense_fraction_1pct": float(np.mean(density > 0.01)),

@@ -1,0 +1,87 @@
+"""Sparse autoencoders, one variant per architecture.
+
+  python -m launch.train_sae --config=configs/sae.py:topk --workdir=/tmp/sae_topk
+
+Variants: relu, relu_classic, topk, batchtopk, jumprelu, jumprelu_tanh, matryoshka.  The default
+data is a synthetic planted dictionary, so every variant runs anywhere in about a minute on a
+laptop CPU.  Override on the command line, e.g. --config.sae.d_sae=4096 --config.steps=20000,
+--config.data.kind=chunked --config.data.path=/cache/gpt2_l8, or a sweep of 4 SAEs trained at
+once: --config.sae.sweep_k='(16,32,64,128)'.
+"""
+
+from ml_collections import ConfigDict
+
+from jaxcode.train.loop import default_train_config
+
+VARIANTS = ("relu", "relu_classic", "topk", "batchtopk", "jumprelu", "jumprelu_tanh",
+            "matryoshka")
+
+
+def get_config(arch: str = "topk") -> ConfigDict:
+  if arch not in VARIANTS:
+    raise ValueError(f"variant {arch!r}: expected one of {VARIANTS}")
+  c = default_train_config()
+  c.steps = 2000                 # optimizer updates
+  c.log_every = 100              # metrics.jsonl interval
+  c.checkpoint.every = 500       # checkpoint interval (steps)
+  c.mesh.data = -1               # batch axis: all devices the model axis leaves
+  c.mesh.model = 1               # latent axis: W_enc P(None,'model'), W_dec P('model',None)
+  c.optim.name = "adam"
+  c.optim.lr = 3e-3              # peak learning rate
+  c.optim.schedule = "warmup_linear"   # linear warm-up then linear decay
+  c.optim.warmup_steps = 50      # warm-up steps
+  c.optim.final_lr_fraction = 0.0      # decay to 0 at the last step
+  c.optim.b1, c.optim.b2 = 0.9, 0.999  # Adam moments
+  c.optim.clip_norm = 1.0        # gradient clipping, computed per SAE of a sweep
+  c.batch_size = 256             # activations (tokens) per step
+  c.norm_sample_tokens = 2048    # tokens drawn before training for the norm scalar and b_dec
+  c.eval = ConfigDict(dict(
+      tokens=8192,               # held-out tokens for the final evaluation
+      batch_size=2048))          # evaluation batch
+  c.data = ConfigDict(dict(
+      kind="synthetic",          # synthetic | array_npy | chunked
+      path="",                   # .npy file (array_npy) or store directory with manifest.json
+      seed=0,                    # data stream seed (batches are pure functions of seed, step)
+      d_in=32,                   # synthetic: activation dimension
+      n_features=48,             # synthetic: planted dictionary size
+      l0=3.0,                    # synthetic: expected active features per token
+      alpha=0.3,                 # synthetic: power-law exponent of feature frequencies
+      dict_seed=0))              # synthetic: seed of the planted dictionary
+  c.sae = ConfigDict(dict(
+      architecture=arch,         # one of VARIANTS
+      d_in=0,                    # 0: take it from the data; otherwise checked against it
+      d_sae=64,                  # latents
+      k=3,                       # topk / batchtopk / matryoshka: active latents (mean for batch)
+      sweep_k=(),                # non-empty: train one SAE per k at once (vmapped)
+      sparsity_coef=0.0,         # lambda: L1 (relu*), L0 (jumprelu), tanh (jumprelu_tanh)
+      sweep_coef=(),             # non-empty: one SAE per coefficient at once (vmapped)
+      sparsity_warmup_steps=0,   # linear warm-up of lambda (0: none)
+      k_aux=0,                   # AuxK latents (0: d_in // 2)
+      aux_alpha=1.0 / 32,        # AuxK loss weight
+      dead_tokens=10_000_000,    # a latent is dead after this many tokens without firing
+      jump_bandwidth=0.001,      # JumpReLU rectangle-kernel bandwidth epsilon
+      jump_threshold_init=0.001,  # JumpReLU initial threshold
+      tanh_c=4.0,                # jumprelu_tanh: c in tanh(c f ||W_dec||)
+      pre_act_coef=3e-6,         # jumprelu_tanh: pre-activation loss coefficient
+      threshold_ema=0.999,       # batchtopk/matryoshka: inference threshold EMA decay
+      threshold_ema_start=0,     # step from which the threshold EMA updates
+      matryoshka_widths=(),      # nested prefix widths (d_sae is appended)
+      dec_init_norm=1.0,         # decoder row norm at init (0.1 for the April-2024 recipe)
+      b_dec_init="mean",         # zeros | mean | geometric_median (of the norm sample)
+      normalisation="unit_mean_sq",  # none | unit_mean_sq (E||x||^2=1) | sqrt_d (E||x||=sqrt d)
+      sparse_decode=False))      # topk: gather-and-sum decoder and sparse encoder gradients
+  s = c.sae
+  if arch == "relu":
+    s.sparsity_coef, s.dec_init_norm = 0.3, 0.1
+  elif arch == "relu_classic":
+    s.sparsity_coef = 0.3
+  elif arch == "jumprelu":
+    s.sparsity_coef, s.jump_bandwidth, s.jump_threshold_init = 0.05, 0.05, 0.1
+  elif arch == "jumprelu_tanh":
+    s.sparsity_coef, s.jump_bandwidth, s.jump_threshold_init = 0.06, 0.05, 0.1
+  elif arch == "matryoshka":
+    s.matryoshka_widths = (32,)
+  if arch in ("topk", "batchtopk", "matryoshka"):
+    s.dead_tokens = 256 * 50     # synthetic default is short: 50 steps without firing
+  c.lock()
+  return c
