@@ -22,8 +22,8 @@ def _ref(x, k, metric):
   return d[:, 1:], i[:, 1:]
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "maxnorm"])
-@pytest.mark.parametrize("blocks", [{}, SMALL])
+@pytest.mark.parametrize("metric, blocks", [("euclidean", {}), ("euclidean", SMALL),
+                                             ("maxnorm", SMALL)])
 def test_matches_ckdtree_float64(metric, blocks):
   x = np.random.default_rng(0).standard_normal((301, 6)) * 3.0 + 5.0
   with jax.enable_x64(True):
@@ -31,14 +31,6 @@ def test_matches_ckdtree_float64(metric, blocks):
     d_ref, i_ref = _ref(x, 7, metric)
     np.testing.assert_allclose(np.asarray(nn.dist_NK), d_ref, rtol=1e-12, atol=0)
     np.testing.assert_array_equal(np.asarray(nn.idx_NK), i_ref)
-
-
-def test_float32_and_jax_input():
-  x = np.random.default_rng(1).standard_normal((257, 10)).astype(np.float32)
-  nn = K.knn(jnp.asarray(x), 5, **SMALL)
-  d_ref, i_ref = _ref(x.astype(np.float64), 5, "euclidean")
-  np.testing.assert_allclose(np.asarray(nn.dist_NK), d_ref, rtol=1e-5)
-  np.testing.assert_array_equal(np.asarray(nn.idx_NK), i_ref)
 
 
 def test_k_close_to_n():
@@ -50,15 +42,19 @@ def test_k_close_to_n():
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "maxnorm"])
-def test_sharded_equals_single_device(metric):
-  """8 fake devices, query blocks sharded over 'data', equal the single-device result."""
+def test_sharded_equals_single_device_float32(metric):
+  """8 fake devices, query blocks sharded over 'data', equal the single-device result;
+  both equal cKDTree in float32 (JAX array input)."""
   x = np.random.default_rng(3).standard_normal((203, 5)).astype(np.float32)
   mesh = make_mesh()
   assert mesh.shape["data"] == 8
-  one = K.knn(x, 4, metric, **SMALL)
+  one = K.knn(jnp.asarray(x), 4, metric, **SMALL)
   many = K.knn(x, 4, metric, mesh=mesh, **SMALL)
   np.testing.assert_allclose(np.asarray(many.dist_NK), np.asarray(one.dist_NK), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(many.idx_NK), np.asarray(one.idx_NK))
+  d_ref, i_ref = _ref(x.astype(np.float64), 4, metric)
+  np.testing.assert_allclose(np.asarray(one.dist_NK), d_ref, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(one.idx_NK), i_ref)
 
 
 def test_duplicates_counted_dropped_or_refused():
