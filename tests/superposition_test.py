@@ -1,0 +1,217 @@
+"""Toy models of superposition: analysis against analytic polytopes, the published
+signatures on small configurations, sharding, multi-process runs, resumption, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import superposition as configs
+from jaxcode import parallel
+from jaxcode.analysis import superposition as sup
+from jaxcode.experiments import superposition as exp
+from jaxcode.parallel import ConfigError
+from jaxcode.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _polygon(k, m=2):
+  """k unit vectors evenly spaced on a circle, embedded in m dimensions: rows of W."""
+  ang = 2 * np.pi * np.arange(k) / k
+  w = np.zeros((k, m))
+  w[:, 0], w[:, 1] = np.cos(ang), np.sin(ang)
+  return w
+
+
+def test_feature_dimensionality_of_uniform_polytopes():
+  """Analytic ground truth (Elhage et al. 2022, 'Feature geometry'): antipodal pair 1/2,
+  triangle 2/3, pentagon 2/5, tetrahedron 3/4, a dedicated dimension 1."""
+  np.testing.assert_allclose(sup.feature_dimensionality(_polygon(2)), 0.5, atol=1e-12)
+  np.testing.assert_allclose(sup.feature_dimensionality(_polygon(3)), 2 / 3, atol=1e-12)
+  np.testing.assert_allclose(sup.feature_dimensionality(_polygon(5)), 2 / 5, atol=1e-12)
+  tetra = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
+  np.testing.assert_allclose(sup.feature_dimensionality(tetra), 3 / 4, atol=1e-12)
+  eye = np.vstack([np.eye(3), np.zeros((2, 3))])
+  np.testing.assert_allclose(sup.feature_dimensionality(eye), [1, 1, 1, 0, 0], atol=1e-12)
+  assert sup.dims_per_feature(_polygon(5)) == pytest.approx(2 / 5)
+  assert sup.projection_error(eye) == pytest.approx(0.0, abs=1e-12)
+  assert sup.projection_error(_polygon(3)) > 0.5
+  np.testing.assert_allclose(sup.superposition(_polygon(2)), [1.0, 1.0], atol=1e-12)
+
+
+def _small(variant, **toy):
+  c = configs.get_config(variant)
+  for k, v in toy.items():
+    c.toy[k] = v
+  return c
+
+
+def test_seed40_signature(tmp_path):
+  """40 features, importance 1 -> 0.1, into 5 dimensions: the linear model stores at most
+  5 features as an orthogonal projection; the ReLU model stores clearly more at S=0.9."""
+  c = _small("seed40", batch=512)
+  c.steps, c.optim.lr, c.log_every, c.checkpoint.every = 1500, 0.01, 500, 1500
+  r = exp.run(c, str(tmp_path / "s40"))
+  for rec in r["instances"]:
+    if rec["model"] == "linear":
+      assert rec["frobenius_sq"] < 5.1, rec["sparsity"]
+      assert rec["projection_error"] < 0.1, rec["sparsity"]
+  relu09 = next(x for x in r["instances"] if x["model"] == "relu" and x["sparsity"] == 0.9)
+  assert relu09["n_represented"] > 8 and relu09["frobenius_sq"] > 10
+  assert relu09["projection_error"] > 1.0
+  figs = os.listdir(tmp_path / "s40" / "figures")
+  assert {"wtw_and_norms.png", "dims_per_feature.png", "feature_dimensionality.png"} <= set(figs)
+
+
+def test_feature_geometry_signature(tmp_path):
+  """Uniform importance: D* sticks at 1/2 over a range of 1/(1-S) (3 consecutive levels
+  within 0.03; the full n=200 run has it between 2 and 3.6, this 10x smaller one a little
+  later), falls below 0.2 at 1/(1-S) = 20; D_i cluster at 1/2 and 2/5 (the released
+  notebook's signatures, ../shared/notes/geometry.md C.5)."""
+  inv = np.array([2.8, 3.0, 3.2, 3.4, 4.2, 4.5, 4.8, 20.0])
+  c = _small("feature_geometry", n=60, m=6, batch=512, sparsities=tuple(1 - 1 / inv))
+  c.steps, c.optim.lr, c.log_every, c.checkpoint.every = 1500, 0.01, 500, 1500
+  r = exp.run(c, str(tmp_path / "fg"))
+  s = r["summary"]["relu"]
+  dstar = np.array(s["dims_per_feature"])
+  near_half = np.abs(dstar[:4] - 0.5) < 0.03
+  assert any(near_half[i:i + 3].all() for i in range(2)), dstar
+  assert np.all(np.diff(dstar) < 0.02), dstar   # falls with sparsity
+  assert dstar[-1] < 0.2, dstar
+  dims = np.concatenate([x["feature_dimensionality"] for x in r["instances"]])
+  counts = sup.fraction_counts(dims, tol=0.02)
+  assert counts["1/2"] >= 20 and counts["2/5"] >= 3, counts
+
+
+def test_eight_devices_equal_one_device(tmp_path):
+  c = configs.get_config("tiny")
+  c.steps = 60
+  eight = exp.run(c, str(tmp_path / "eight"), mesh=parallel.make_mesh(1, 8))
+  one = exp.run(c, str(tmp_path / "one"), mesh=parallel.single_device_mesh())
+  assert eight["device_count"] == 8
+  for a, b in zip(eight["instances"], one["instances"]):
+    np.testing.assert_allclose(a["feature_norms"], b["feature_norms"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["bias"], b["bias"], rtol=1e-5, atol=1e-6)
+
+
+def _env(devices):
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=REPO,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return env
+
+
+def _launch(workdir, *extra, devices=8, wait=True):
+  cmd = [sys.executable, "-m", "launch.superposition", "--config=configs/superposition.py:tiny",
+         f"--workdir={workdir}", *extra]
+  p = subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  if wait:
+    out, err = p.communicate(timeout=300)
+    return p.returncode, out, err
+  return p
+
+
+def _final_params(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    r = json.load(f)
+  return [(x["wtw"], x["bias"]) for x in r["instances"]]
+
+
+def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
+  steps = ("--config.steps=600", "--config.checkpoint.every=100", "--config.log_every=20")
+  rc, _, err = _launch(tmp_path / "full", *steps)
+  assert rc == 0, err
+  p = _launch(tmp_path / "cut", *steps, wait=False)
+  metrics = tmp_path / "cut" / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline:   # wait until it is part-way, then preempt it
+    if metrics.exists() and any(json.loads(l)["step"] >= 120 for l in open(metrics)):
+      break
+    time.sleep(0.2)
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 143, err
+  assert "rerun the same command to resume" in err
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "cut" / "checkpoints") if d.isdigit())
+  assert saved and saved[-1] < 600
+  rc, _, err = _launch(tmp_path / "cut", *steps)
+  assert rc == 0, err
+  assert _final_params(tmp_path / "full") == _final_params(tmp_path / "cut")  # bitwise
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  """jax.distributed over localhost: 2 processes x 4 CPU devices == 1 process x 8 devices."""
+  steps = ("--config.steps=40", "--config.checkpoint.every=20")
+  rc, _, err = _launch(tmp_path / "single", *steps)
+  assert rc == 0, err
+  port = _free_port()
+  procs = [_launch(tmp_path / "multi", *steps, "--config.distributed.enabled=True",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                   "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+                   devices=4, wait=False) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+  with open(tmp_path / "multi" / "results.json") as f:
+    multi = json.load(f)
+  assert multi["process_count"] == 2 and multi["device_count"] == 8
+  for (wa, ba), (wb, bb) in zip(_final_params(tmp_path / "single"), _final_params(tmp_path / "multi")):
+    np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ba, bb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("m", 0, "toy.m=0: expected a positive integer"),
+    ("n", -3, "toy.n=-3"),
+    ("sparsities", (0.5, 1.0), "toy.sparsities contains 1.0: expected values in \\[0, 1\\)"),
+    ("sparsities", (-0.1,), "toy.sparsities contains -0.1"),
+    ("models", ("linear", "gelu"), "toy.models contains 'gelu'"),
+])
+def test_bad_toy_config_fails_before_compute(tmp_path, field, value, message):
+  c = configs.get_config("tiny")
+  c.toy[field] = value
+  with pytest.raises(ConfigError, match=message):
+    exp.run(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_batch_not_divisible_by_data_axis(tmp_path):
+  c = configs.get_config("tiny")
+  c.mesh.data, c.mesh.model, c.toy.batch = 8, 1, 60
+  with pytest.raises(ConfigError, match="toy.batch=60: expected a multiple of the data axis size 8"):
+    exp.run(c, str(tmp_path / "w"))
+
+
+def test_unwritable_workdir_and_corrupt_checkpoint(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(ConfigError, match="is not writable"):
+    exp.run(configs.get_config("tiny"), str(blocker / "sub"))
+  wd = tmp_path / "run"
+  os.makedirs(wd / "checkpoints" / "50")
+  (wd / "checkpoints" / "50" / "_CHECKPOINT_METADATA").write_text("{}")
+  with pytest.raises(ConfigError, match="corrupt checkpoint .*50: missing state, meta"):
+    exp.run(configs.get_config("tiny"), str(wd))
+
+
+def test_unknown_config_field_is_one_line(tmp_path):
+  rc, _, err = _launch(tmp_path / "u", "--config.toy.colour=3", devices=1)
+  assert rc == 2
+  lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "--config.toy.colour" in lines[0], err
