@@ -46,9 +46,12 @@ def test_paper_mode_equals_numpy_released_algorithm():
   ref = _released_tau(out_dists, T, mf.PAPER_QS)
   with jax.enable_x64(True):
     hist = graph.one_hop_layered_histograms(kernels, T, dtype=jnp.float64)
-    spec = mf.paper_spectrum(hist)
+    spec = mf.paper_spectrum(hist, method="grouped")
+    slow = mf.paper_spectrum(hist, method="logsumexp")
     tau = np.asarray(spec.tau)
     alpha_fd, alpha = np.asarray(spec.alpha_fd), np.asarray(spec.alpha)
+    np.testing.assert_allclose(np.asarray(slow.tau), ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(slow.alpha), alpha, rtol=0, atol=1e-10)
   np.testing.assert_allclose(tau, ref, rtol=0, atol=1e-10)
   np.testing.assert_allclose(alpha_fd, np.diff(ref) / 0.1, atol=1e-8)
   # exact alpha(q) = dtau/dq lies between the neighbouring forward differences' values
