@@ -104,7 +104,19 @@ def test_sharded_program_has_no_collective():
   """Each device works on its own query blocks: the compiled program moves no data."""
   mesh = make_mesh()
   p = K.plan(400, 3, 4, n_dev=8, query_block=16, ref_block=64)
-  args = K._layout(jnp.zeros((400, 4), jnp.float32), p, mesh)
-  hlo = K._knn_impl.lower(*args, p=p, metric="euclidean", mesh=mesh).compile().as_text()
+  xa = K._layout(jnp.zeros((400, 4), jnp.float32), p, mesh)
+  hlo = K._knn_impl.lower(xa, p=p, metric="euclidean", mesh=mesh).compile().as_text()
   for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
     assert op not in hlo
+
+
+def test_self_never_returned_with_many_duplicates():
+  """A point with more exact copies than k: every neighbour list excludes the point itself
+  and the distances equal cKDTree's."""
+  x = np.random.default_rng(6).standard_normal((40, 3))
+  x = np.concatenate([x, np.repeat(x[:1], 5, axis=0)])
+  with jax.enable_x64(True):
+    nn = K.knn(x, 2)
+  idx = np.asarray(nn.idx_NK)
+  assert not np.any(idx == np.arange(len(x))[:, None])
+  np.testing.assert_allclose(np.asarray(nn.dist_NK), _ref(x, 2, "euclidean")[0], atol=1e-12)

@@ -1,12 +1,13 @@
 """Exact k nearest neighbours by blocked pairwise distances, sharded over query blocks.
 
-The N queries are cut into blocks of `query_block` rows; each block is compared with the
-references in blocks of `ref_block` rows, so the largest temporary is a
-(query_block x ref_block) score matrix and never N x N. Query blocks are laid out as
-(devices, blocks per device, query_block, d), the leading axis sharded over the mesh's
-'data' axis; under `jax.shard_map` each device runs `lax.map` over its own blocks against
-the replicated references, so no collective is needed (left to the SPMD partitioner,
-`lax.top_k` over a sharded batch axis was all-gathered).
+The points are centred and padded once; that one array serves as queries and references.
+Queries are taken in blocks of `query_block` rows and compared with the references in
+blocks of `ref_block` rows (both dynamic slices), so the largest temporary is a
+(query_block x ref_block) score matrix and never N x N. The query blocks are split over the
+mesh's 'data' axis: under `jax.shard_map` each device runs `lax.map` over its own blocks
+against its replica of the points, and the outputs come back sharded over 'data'; no
+collective is needed (left to the SPMD partitioner, `lax.top_k` over a sharded batch axis
+was all-gathered).
 
 Selection inside a reference block is exact and cheaper than a full `lax.top_k` over the
 block: the block's scores are cut into groups of `group` columns, and the k groups with
@@ -170,8 +171,8 @@ def plan(n: int, k: int, d: int, metric: str = "euclidean", n_dev: int = 1,
   r_target = min(ref_block, n)
   if metric == "maxnorm":
     r_target = max(1, min(r_target, MAXNORM_ELEMS // max(1, q * d)))
-  r_target = max(r_target, k)
-  c = max(1, min(group, r_target // k))
+  r_target = max(r_target, k + 1)
+  c = max(1, min(group, r_target // (k + 1)))
   g = -(-r_target // c)
   r = g * c
   return Plan(n, k, n_dev, q, blocks_per_dev, r, c, -(-n // r))
@@ -180,21 +181,20 @@ def plan(n: int, k: int, d: int, metric: str = "euclidean", n_dev: int = 1,
 def memory_bytes(p: Plan, d: int, itemsize: int = 4, metric: str = "euclidean") -> dict:
   """Memory model of one knn call, in bytes per device.
 
-  Resident: the caller's (N, d) input, the replicated references (padded to whole
-  reference blocks, plus squared norms), this device's padded queries and their global
-  indices, and the (k distances, k int32 indices) output. Working set of one step of the block loop: the query_block x
-  ref_block score matrix, its group minima, the k*group candidates with their indices,
-  the running and merged top-k, and the (query_block, k, d) gather for exact distances;
-  doubled for the loop's double buffering. Max-norm adds the (query_block, ref_block, d)
-  difference tensor.
+  Resident: the caller's (N, d) input; the centred, padded copy that serves as queries and
+  references (replicated on every device) with its squared norms; this device's padded
+  (k distances, k int32 indices) output and the unpadded (N, k) pair sliced from it.
+  Working set of one step of the block loop: the query_block x ref_block score matrix, its
+  group minima, the k*group candidates with their indices, the running and merged top-k,
+  and the (query_block, k, d) gather for exact distances; doubled for the loop's buffering.
+  Max-norm adds the (query_block, ref_block, d) difference tensor.
   """
-  n_ref = p.n_ref_blocks * p.r
-  n_q_local = p.blocks_per_dev * p.q
-  resident = (p.n * d * itemsize + n_ref * (d + 1) * itemsize + n_q_local * (d * itemsize + 4)
-              + n_q_local * p.k * (itemsize + 4))
-  g = p.r // p.c
-  step = (p.q * p.r * itemsize + p.q * g * itemsize + p.q * p.k * p.c * (itemsize + 4)
-          + 4 * p.q * p.k * (itemsize + 4) + p.q * p.k * d * itemsize)
+  out_local = p.blocks_per_dev * p.q * p.k * (itemsize + 4)
+  resident = (p.n * d * itemsize + _n_pad(p) * (d + 1) * itemsize + out_local
+              + p.n * p.k * (itemsize + 4))
+  g, m = p.r // p.c, p.k + 1
+  step = (p.q * p.r * itemsize + p.q * g * itemsize + p.q * m * p.c * (itemsize + 4)
+          + 4 * p.q * m * (itemsize + 4) + p.q * m * d * itemsize)
   if metric == "maxnorm":
     step += p.q * p.r * d * itemsize
   return dict(resident=resident, working=2 * step, total=resident + 2 * step)
@@ -235,86 +235,97 @@ def _block_select(s_QR, ridx_R, k: int, c: int):
   return -neg, ridx_R[jnp.take_along_axis(cidx, pos, axis=1)]
 
 
-def _scores(q_QD, ref_RD, sqn_R, metric: str):
-  if metric == "euclidean":
-    return sqn_R[None, :] - 2.0 * (q_QD @ ref_RD.T)
-  return jnp.max(jnp.abs(q_QD[:, None, :] - ref_RD[None, :, :]), axis=-1)
+def _query_block(start, xa_PA, p: Plan, metric: str):
+  """Neighbours of the query block at rows start..start+q of the padded points against all
+  reference blocks (slices of the same array; a scan with a top-k merge when several).
 
+  xa_PA holds [x, ||x||^2] per row (padded rows: x = 0, ||x||^2 = inf), so the Euclidean
+  score ||r||^2 - 2 q.r of a whole block is one matmul of [-2q, 1] with xa's rows. Self is
+  not masked in the (q, ref_block) scores: k + 1 candidates are kept and self is removed
+  from them at the end.
+  """
+  r, d, m = p.r, xa_PA.shape[1] - 1, p.k + 1
+  qa = lax.dynamic_slice_in_dim(xa_PA, start, p.q)
+  q_QD = qa[:, :d]
+  q_aug = jnp.concatenate([-2.0 * q_QD, jnp.ones((p.q, 1), xa_PA.dtype)], axis=1)
+  qidx_Q = start + jnp.arange(p.q, dtype=jnp.int32)
 
-def _query_block(q_QD, qidx_Q, ref_BRD, sqn_BR, p: Plan, metric: str):
-  """Neighbours of one query block against all reference blocks (scan with a top-k merge)."""
-  r = p.r
-
-  def one_ref_block(b, ref_RD, sqn_R):
+  def one_ref_block(b):
+    ref_RA = lax.dynamic_slice_in_dim(xa_PA, b * r, r)
     ridx_R = b * r + jnp.arange(r, dtype=jnp.int32)
-    s = _scores(q_QD, ref_RD, sqn_R, metric)
-    bad = (ridx_R[None, :] == qidx_Q[:, None]) | (ridx_R[None, :] >= p.n)
-    s = jnp.where(bad, jnp.inf, s)
-    return _block_select(s, ridx_R, p.k, p.c)
+    if metric == "euclidean":
+      s = q_aug @ ref_RA.T
+    else:
+      s = jnp.max(jnp.abs(q_QD[:, None, :] - ref_RA[None, :, :d]), axis=-1)
+      s = jnp.where(ridx_R[None, :] >= p.n, jnp.inf, s)
+    return _block_select(s, ridx_R, m, p.c)
 
   if p.n_ref_blocks == 1:
-    best_s, best_i = one_ref_block(0, ref_BRD[0], sqn_BR[0])
+    best_s, best_i = one_ref_block(0)
   else:
-    def body(carry, xs):
-      b, ref_RD, sqn_R = xs
-      s_new, i_new = one_ref_block(b, ref_RD, sqn_R)
+    def body(carry, b):
+      s_new, i_new = one_ref_block(b)
       s_cat = jnp.concatenate([carry[0], s_new], axis=1)
       i_cat = jnp.concatenate([carry[1], i_new], axis=1)
-      neg, pos = lax.top_k(-s_cat, p.k)
+      neg, pos = lax.top_k(-s_cat, m)
       return (-neg, jnp.take_along_axis(i_cat, pos, axis=1)), None
 
-    init = (jnp.full((q_QD.shape[0], p.k), jnp.inf, q_QD.dtype),
-            jnp.zeros((q_QD.shape[0], p.k), jnp.int32))
-    bs = jnp.arange(p.n_ref_blocks, dtype=jnp.int32)
-    (best_s, best_i), _ = lax.scan(body, init, (bs, ref_BRD, sqn_BR))
+    init = (jnp.full((p.q, m), jnp.inf, xa_PA.dtype), jnp.zeros((p.q, m), jnp.int32))
+    (best_s, best_i), _ = lax.scan(body, init, jnp.arange(p.n_ref_blocks, dtype=jnp.int32))
 
-  # Exact distances of the chosen neighbours, then sort.
-  ref_ND = ref_BRD.reshape(-1, ref_BRD.shape[-1])
-  diff = q_QD[:, None, :] - ref_ND[best_i]
+  # Exact distances of the k + 1 candidates, sorted; then drop self (or, if a point has
+  # more than k exact duplicates and self was not kept, the last candidate).
+  diff = q_QD[:, None, :] - xa_PA[best_i, :d]
   if metric == "euclidean":
     dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
   else:
     dist = jnp.max(jnp.abs(diff), axis=-1)
   dist, idx = lax.sort_key_val(dist, best_i, dimension=1)
-  return dist, idx
+  is_self = idx == qidx_Q[:, None]
+  drop = jnp.where(is_self.any(axis=1), jnp.argmax(is_self, axis=1), p.k)
+  j = jnp.arange(p.k)[None, :]
+  src = j + (j >= drop[:, None])
+  return jnp.take_along_axis(dist, src, axis=1), jnp.take_along_axis(idx, src, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("p", "metric", "mesh"))
-def _knn_impl(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR, p: Plan, metric: str, mesh: Mesh | None = None):
-  """Each device maps over its own query blocks. With a mesh this runs under shard_map:
-  the SPMD partitioner would otherwise all-gather the top_k operands across 'data'."""
-  def per_device(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR):
-    def one(a):
-      return _query_block(a[0], a[1], ref_BRD, sqn_BR, p, metric)
-    return jax.vmap(lambda q, i: lax.map(one, (q, i)))(q_VBQD, qidx_VBQ)
+def _knn_impl(xa_PA, p: Plan, metric: str, mesh: Mesh | None = None):
+  """(n_dev * blocks_per_dev, q, k) distances and indices. Each device maps over its own
+  query blocks, sliced from its replica of the points. With a mesh this runs under
+  shard_map: the SPMD partitioner would otherwise all-gather the top_k operands."""
+  def per_device(xa_PA):
+    dev = 0 if mesh is None else lax.axis_index(DATA)
+    starts = (dev * p.blocks_per_dev + jnp.arange(p.blocks_per_dev, dtype=jnp.int32)) * p.q
+    return lax.map(lambda s: _query_block(s, xa_PA, p, metric), starts)
 
   if mesh is None:
-    return per_device(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR)
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(DATA), P(DATA), P(), P()),
-                          out_specs=P(DATA), check_vma=False)
-  return sharded(q_VBQD, qidx_VBQ, ref_BRD, sqn_BR)
+    return per_device(xa_PA)
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=P(), out_specs=P(DATA),
+                          check_vma=False)
+  return sharded(xa_PA)
+
+
+def _n_pad(p: Plan) -> int:
+  return max(p.n_ref_blocks * p.r, p.n_dev * p.blocks_per_dev * p.q)
 
 
 def _layout_core(x_ND, p: Plan):
-  n, d = x_ND.shape
+  """[x - mean, ||x - mean||^2] padded to whole blocks with rows [0, inf]: one (n_pad, d+1)
+  array serves as queries and references."""
   x = x_ND - jnp.mean(x_ND, axis=0, keepdims=True)
-  n_q = p.n_dev * p.blocks_per_dev * p.q
-  n_ref = p.n_ref_blocks * p.r
-  q = jnp.pad(x, ((0, n_q - n), (0, 0))).reshape(p.n_dev, p.blocks_per_dev, p.q, d)
-  qidx = jnp.arange(n_q, dtype=jnp.int32).reshape(p.n_dev, p.blocks_per_dev, p.q)
-  ref = jnp.pad(x, ((0, n_ref - n), (0, 0)))
-  sqn = jnp.sum(ref * ref, axis=1)
-  return q, qidx, ref.reshape(p.n_ref_blocks, p.r, d), sqn.reshape(p.n_ref_blocks, p.r)
+  sqn = jnp.sum(x * x, axis=1, keepdims=True)
+  pad = _n_pad(p) - p.n
+  fill = jnp.concatenate([jnp.zeros((pad, x.shape[1]), x.dtype),
+                          jnp.full((pad, 1), jnp.inf, x.dtype)], axis=1)
+  return jnp.concatenate([jnp.concatenate([x, sqn], axis=1), fill], axis=0)
 
 
 def _layout(x_ND, p: Plan, mesh: Mesh | None):
-  """Centres x, pads queries and references to whole blocks, places them on the mesh
-  (queries sharded over 'data', references replicated)."""
+  """_layout_core, replicated over the mesh."""
   if mesh is None:
     return jax.jit(_layout_core, static_argnums=1)(x_ND, p)
-  shard, rep = NamedSharding(mesh, P(DATA)), NamedSharding(mesh, P())
-  return jax.jit(_layout_core, static_argnums=1,
-                 out_shardings=(shard, shard, rep, rep))(x_ND, p)
+  rep = NamedSharding(mesh, P())
+  return jax.jit(_layout_core, static_argnums=1, out_shardings=rep)(x_ND, p)
 
 
 def knn(x, k: int, metric: str = "euclidean", mesh: Mesh | None = None,
@@ -336,12 +347,10 @@ def knn(x, k: int, metric: str = "euclidean", mesh: Mesh | None = None,
 @functools.partial(jax.jit, static_argnames=("p", "metric", "mesh"))
 def _knn_all(x_ND, p: Plan, metric: str, mesh: Mesh | None):
   """Layout, neighbour search, unpadding and the zero-distance count in one program."""
-  q, qidx, ref, sqn = _layout_core(x_ND, p)
+  xa = _layout_core(x_ND, p)
   if mesh is not None:
-    shard, rep = NamedSharding(mesh, P(DATA)), NamedSharding(mesh, P())
-    q, qidx = lax.with_sharding_constraint((q, qidx), shard)
-    ref, sqn = lax.with_sharding_constraint((ref, sqn), rep)
-  dist, idx = _knn_impl(q, qidx, ref, sqn, p=p, metric=metric, mesh=mesh)
+    xa = lax.with_sharding_constraint(xa, NamedSharding(mesh, P()))
+  dist, idx = _knn_impl(xa, p=p, metric=metric, mesh=mesh)
   dist, idx = dist.reshape(-1, p.k)[:p.n], idx.reshape(-1, p.k)[:p.n]
   return Knn(dist, idx, jnp.sum(dist[:, 0] == 0))
 
