@@ -161,14 +161,13 @@ def layered_distances(lengths_LNN, sources, directed: bool = True,
 
   def cond(c):
     d, prev, i = c
-    return jnp.logical_and(jnp.any(d != prev), i < max_sweeps)
+    return jnp.logical_or(i == 0, jnp.logical_and(jnp.any(d != prev), i < max_sweeps))
 
   def body(c):
     d, _, i = c
     return sweep(d), d, i + 1
 
-  d1 = sweep(d0)
-  d, _, _ = lax.while_loop(cond, body, (d1, d0, jnp.int32(1)))
+  d, _, _ = lax.while_loop(cond, body, (d0, d0, jnp.int32(0)))
   return d
 
 

@@ -278,11 +278,14 @@ def grouped_is_safe(qs, A: int, dtype) -> bool:
   return float(np.max(np.abs(qs))) * 0.5 * np.log(A) < limit
 
 
-def paper_spectrum(hist_NT, qs=PAPER_QS, method: str = "auto") -> Spectrum:
+def paper_spectrum(hist_NT, qs=PAPER_QS, method: str = "auto",
+                   max_count: int | None = None) -> Spectrum:
   """NeuroMFA's released one-hop spectrum from histograms of graph.one_hop_histograms.
 
   method 'grouped' (counts regrouped into a matmul, fast), 'logsumexp' (per-node
-  logsumexp of q log p), or 'auto' (grouped when its float range allows).
+  logsumexp of q log p), or 'auto' (grouped when its float range allows). max_count: an
+  upper bound on a node's number of distances (e.g. the widest kernel's out-degree); it
+  fixes the grouped path's table size, so series of equal shapes compile once.
   """
   qs = check_qs(qs)
   h = jnp.asarray(hist_NT)
@@ -292,7 +295,7 @@ def paper_spectrum(hist_NT, qs=PAPER_QS, method: str = "auto") -> Spectrum:
     raise ConfigError(f"method={method!r}: expected 'auto', 'grouped' or 'logsumexp'")
   dtype = jnp.result_type(float)
   q = jnp.asarray(qs, dtype)
-  A = int(np.asarray(h.sum(axis=1)).max()) + 1
+  A = (int(np.asarray(h.sum(axis=1)).max()) if max_count is None else int(max_count)) + 1
   if method == "grouped" or (method == "auto" and grouped_is_safe(qs, A, dtype)):
     spec, n_keep, n_r = _paper_grouped_jit(h, q, A)
   else:
