@@ -67,7 +67,8 @@ def get_config(task: str = "toy") -> ConfigDict:
       burn_in=20_000,               # updates before the first stored sample
       thin=1000,                    # updates between stored samples
       n_samples=20,                 # samples stored per chain (ring buffer)
-      bad_sigma=1e4))               # divergence: a weight beyond this many prior std
+      bad_sigma=1e4,                # divergence: a weight beyond this many prior std
+      check_step_size=True))        # pre-run check eta * lambda_max(Hessian) < 2 at a prior draw
   if task == "digits":
     c.steps = 12_000
     c.checkpoint.every = 2000

@@ -100,7 +100,8 @@ def sample(spec, data, cfg, nonlinearity, workdir, mesh=None):
   """Runs the chains through the shared loop; returns (stored samples _SC..., last metrics, check)."""
   task, var = sampling_task(spec, data, cfg, nonlinearity)
   eta = step_size(cfg, nonlinearity)
-  check = step_size_check(spec, data, cfg, nonlinearity, var)
+  check = step_size_check(spec, data, cfg, nonlinearity, var) if cfg.sampling.check_step_size \
+      else float("nan")
   if check >= 2.0:
     raise ConfigError(f"langevin step_size={eta} for {nonlinearity}: eta*lambda_max={check:.3g} "
                       ">= 2 at the prior draw, the Euler step is unstable; expected a smaller step")
