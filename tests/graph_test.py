@@ -56,19 +56,22 @@ def test_edge_lengths_match_numpy():
   np.testing.assert_allclose(got_p[1:], np.abs(w[1:]) ** 0.5, rtol=1e-14)
 
 
-def test_layered_ball_counts_sharded_equal_single_device_and_scipy():
-  """Streamed ball counts over 8 devices == one device == NumPy counts of Dijkstra."""
+@pytest.mark.parametrize("directed", [False, True])
+def test_layered_ball_counts_sharded_equal_single_device_and_scipy(directed):
+  """Streamed ball counts over 8 devices == one device == NumPy counts of Dijkstra
+  (sources in shuffled order: blocks are layer-sorted inside and put back)."""
+  m = None
   with jax.enable_x64(True):
     lengths, mask = graph.layered_from_kernels(_random_kernels(2), dtype=jnp.float64)
+    m = np.asarray(mask).ravel()
+    src = np.random.default_rng(0).permutation(np.nonzero(m)[0])
     radii = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
-    one = graph.layered_ball_counts(lengths, mask, radii, directed=False, block=4,
+    one = graph.layered_ball_counts(lengths, mask, radii, src, directed=directed, block=4,
                                     mesh=parallel.single_device_mesh())
-    eight = graph.layered_ball_counts(lengths, mask, radii, directed=False, block=4,
+    eight = graph.layered_ball_counts(lengths, mask, radii, src, directed=directed, block=4,
                                       mesh=parallel.make_mesh(8, 1))
   np.testing.assert_array_equal(one, eight)
-  m = np.asarray(mask).ravel()
-  src = np.nonzero(m)[0]
-  ref = csgraph.dijkstra(graph.layered_to_sparse(lengths, mask), directed=False, indices=src)
+  ref = csgraph.dijkstra(graph.layered_to_sparse(lengths, mask), directed=directed, indices=src)
   np.testing.assert_array_equal(one, _numpy_counts(ref[:, m], radii))
 
 

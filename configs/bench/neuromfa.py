@@ -22,7 +22,8 @@ def get_config(arg: str | None = None):
   c.seed = 0                    # weights and index sampling
   c.repeats = 3                 # timed repeats of the JAX paths (median)
   c.reference_repeats = 1       # timed repeats of the NumPy reference (slow)
-  c.path_sources = 256          # sources per timed multi-hop batch
+  c.path_sources = 1024         # random sources timed for multi-hop throughput
+  c.path_block = 256            # sources per min-plus batch (layer-sorted)
   c.path_chunk = 0              # min-plus k-chunk (0: unchunked, fused broadcast-min)
   if arg == "small":            # quick variant for a laptop check
     c.blocks = 4

@@ -120,15 +120,21 @@ def minplus(d_BN, len_NM, chunk: int | None = None):
   return lax.fori_loop(0, n // chunk, body, init)
 
 
-def _forward(d_BMN, lengths_LNN, chunk):
-  """One forward sweep: layer l+1 <- min(layer l+1, layer l ⊗ len_l), l = 0..L-1."""
+def _forward(d_BMN, lengths_LNN, chunk, start=None):
+  """One forward sweep: layer l+1 <- min(layer l+1, layer l ⊗ len_l), l = 0..L-1.
+
+  Layers l < start (a traced int: no source lies below it) are skipped by lax.cond.
+  """
   def step(prev_BN, xs):
-    cur_BN, len_NN = xs
-    new = jnp.minimum(cur_BN, minplus(prev_BN, len_NN, chunk))
+    l, cur_BN, len_NN = xs
+    relax = lambda: jnp.minimum(cur_BN, minplus(prev_BN, len_NN, chunk))
+    new = relax() if start is None else lax.cond(l >= start, relax, lambda: cur_BN)
     return new, new
 
   first = d_BMN[:, 0]
-  _, rest = lax.scan(step, first, (jnp.moveaxis(d_BMN[:, 1:], 1, 0), lengths_LNN))
+  L = lengths_LNN.shape[0]
+  _, rest = lax.scan(step, first, (jnp.arange(L), jnp.moveaxis(d_BMN[:, 1:], 1, 0),
+                                   lengths_LNN))
   return jnp.concatenate([first[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
 
 
@@ -144,8 +150,9 @@ def layered_distances(lengths_LNN, sources, directed: bool = True,
                       chunk: int | None = None, max_sweeps: int = 10_000):
   """Shortest-path lengths from `sources` (global ids) to every node: (B, M, n).
 
-  Directed: a single forward sweep (exact on a layered DAG). Undirected: forward and
-  backward sweeps in a while_loop until no distance changes.
+  Directed: a single forward sweep (exact on a layered DAG) that starts at the lowest
+  source layer. Undirected: forward and backward sweeps in a while_loop until no
+  distance changes.
   """
   L, n, _ = lengths_LNN.shape
   M = L + 1
@@ -154,7 +161,7 @@ def layered_distances(lengths_LNN, sources, directed: bool = True,
   d0 = jnp.full((B, M * n), jnp.inf, lengths_LNN.dtype)
   d0 = d0.at[jnp.arange(B), src].set(0.0).reshape(B, M, n)
   if directed:
-    return _forward(d0, lengths_LNN, chunk)
+    return _forward(d0, lengths_LNN, chunk, start=jnp.min(src) // n)
 
   def sweep(d):
     return _backward(_forward(d, lengths_LNN, chunk), lengths_LNN, chunk)
@@ -205,7 +212,7 @@ def _source_blocks(sources: np.ndarray, block: int, n_shards: int):
   per_step = block * n_shards
   steps = max(1, -(-len(sources) // per_step))
   pad = steps * per_step - len(sources)
-  ids = np.concatenate([sources, np.full(pad, sources[0] if len(sources) else 0)])
+  ids = np.concatenate([sources, np.full(pad, sources[-1] if len(sources) else 0)])
   valid = np.concatenate([np.ones(len(sources), bool), np.zeros(pad, bool)])
   return ids.reshape(steps, per_step), valid.reshape(steps, per_step)
 
@@ -231,11 +238,15 @@ def layered_ball_counts(lengths_LNN, mask_MN, radii, sources=None, directed: boo
     raise ConfigError(f"sources: expected ids of real nodes in [0, {mask.size})")
   mesh = mesh if mesh is not None else parallel.single_device_mesh()
   n_shards = mesh.shape[parallel.DATA]
-  ids, valid = _source_blocks(sources, block, n_shards)
+  order = np.argsort(sources, kind="stable")      # layer-sorted blocks skip lower layers
+  ids, valid = _source_blocks(sources[order], block, n_shards)
   counts = _layered_counts_jit(jnp.asarray(lengths_LNN), jnp.asarray(mask),
                                jnp.asarray(radii, lengths_LNN.dtype), jnp.asarray(ids),
                                directed, chunk, mesh)
-  return counts.reshape(-1, len(radii))[valid.ravel()]
+  counts = np.asarray(counts).reshape(-1, len(radii))[valid.ravel()]
+  out = np.empty_like(counts)
+  out[order] = counts
+  return out
 
 
 def _layered_counts(lengths, mask, radii, ids, directed, chunk, mesh):

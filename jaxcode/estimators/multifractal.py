@@ -8,7 +8,7 @@ node. For each q,
   tau(q)    = weighted least-squares slope of ln Z_q(r) against ln r, with its R^2,
 
 shift = -1 for the sandbox (Liu, Yu & Anh, Chaos 25:023103, 2015: <(M/N)^(q-1)> ~ r^tau)
-and 0 for NeuroMFA / NMFA (sum_i p_i(r)^q). alpha(q) = dtau/dq exactly by jax.grad, and
+and 0 for NeuroMFA / NMFA (sum_i p_i(r)^q). alpha(q) = dtau/dq exactly by jax.jvp (forward mode), and
 also by the released code's forward differences; f = q*alpha - tau. With a common
 normaliser c_i = N on a connected graph tau_NeuroMFA(q) = tau_sandbox(q + 1).
 
@@ -118,11 +118,11 @@ def _spectrum_core(logp_KR, x_R, w_R, node_w_K, qs_Q, shift: float) -> "Spectrum
   def tau_r2(q):
     return wls(x_R, _log_z(q, logp_KR, node_w_K, shift), w_R)
 
-  tau_fn = lambda q: tau_r2(q)[0]
-  tau, r2 = jax.vmap(tau_r2)(qs_Q)
-  alpha = jax.vmap(jax.grad(tau_fn))(qs_Q)
-  alpha_at_0 = jax.grad(tau_fn)(jnp.zeros((), qs_Q.dtype))
-  return _assemble(qs_Q, tau, r2, alpha, alpha_at_0, shift)
+  # tau(q_j) depends on q_j only, so one forward-mode pass with unit tangents gives
+  # alpha_j = dtau/dq exactly; q = 0 is appended for alpha0.
+  q_ext = jnp.concatenate([qs_Q, jnp.zeros(1, qs_Q.dtype)])
+  (tau, r2), (alpha, _) = jax.jvp(jax.vmap(tau_r2), (q_ext,), (jnp.ones_like(q_ext),))
+  return _assemble(qs_Q, tau[:-1], r2[:-1], alpha[:-1], alpha[-1], shift)
 
 
 _spectrum_jit = jax.jit(_spectrum_core, static_argnums=(5,))
@@ -256,9 +256,9 @@ def _paper_grouped(hist_NT, qs_Q, A: int):
     log_z = jnp.log(jnp.einsum("rbq,bq->qr", g, e_b))                   # (Q, T1)
     return jax.vmap(lambda y: wls(x_R, y, w_R))(log_z)
 
-  (tau, r2), (alpha, _) = jax.jvp(tau_r2, (qs_Q,), (jnp.ones_like(qs_Q),))
-  _, (alpha_at_0, _) = jax.jvp(tau_r2, (jnp.zeros(1, dtype),), (jnp.ones(1, dtype),))
-  spec = _assemble(qs_Q, tau, r2, alpha, alpha_at_0[0], 0.0)
+  q_ext = jnp.concatenate([qs_Q, jnp.zeros(1, dtype)])
+  (tau, r2), (alpha, _) = jax.jvp(tau_r2, (q_ext,), (jnp.ones_like(q_ext),))
+  spec = _assemble(qs_Q, tau[:-1], r2[:-1], alpha[:-1], alpha[-1], 0.0)
   return spec, keep.sum(), w_R.sum()
 
 
