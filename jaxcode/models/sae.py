@@ -34,6 +34,11 @@ sparsity coefficient live in ``aux`` so a sweep of either is one vmapped program
 Inputs are multiplied by one normalisation scalar ``aux['norm_scale']`` estimated before
 training (``estimate_norm_scale``); ``sae_io.export`` folds it into the weights.
 
+Parameters of one SAE: W_enc_MD [M, D] (the encoder stored latent-major, i.e. the transpose of
+SAELens' W_enc [d_in, d_sae], so the sparse TopK gradient is a row scatter with no transpose),
+b_enc [M], W_dec [M, D], b_dec [D], and threshold [M] (float32) for JumpReLU.  On a mesh the
+latent axis M of W_enc_MD, W_dec, b_enc and threshold is sharded over `model`.
+
 Shapes: B batch, D d_in, M d_sae, K kept latents, S SAEs.
 """
 
@@ -197,7 +202,7 @@ def _init_one(cfg: SAEConfig, key, b_dec_D, k, coef, norm_scale):
   D, M = cfg.d_in, cfg.d_sae
   w_dec_MD = jax.random.normal(key, (M, D), jnp.float32)
   w_dec_MD = cfg.dec_init_norm * w_dec_MD / jnp.linalg.norm(w_dec_MD, axis=-1, keepdims=True)
-  params = {"W_enc": w_dec_MD.T, "b_enc": jnp.zeros((M,), jnp.float32), "W_dec": w_dec_MD,
+  params = {"W_enc_MD": w_dec_MD, "b_enc": jnp.zeros((M,), jnp.float32), "W_dec": w_dec_MD,
             "b_dec": b_dec_D.astype(jnp.float32)}
   if cfg.architecture.startswith("jumprelu"):
     params["threshold"] = jnp.full((M,), cfg.jump_threshold_init, jnp.float32)
@@ -367,13 +372,13 @@ def _w_dec(cfg, params):
 def pre_activation(cfg: SAEConfig, params, x_BD):
   """x (already normalised) -> pre-activations [B, M]."""
   xin = x_BD - params["b_dec"] if cfg.architecture in SUBTRACT_B_DEC else x_BD
-  return xin @ params["W_enc"] + params["b_enc"]
+  return jnp.einsum("bd,md->bm", xin, params["W_enc_MD"]) + params["b_enc"]
 
 
 def _gathered_pre(cfg, params, x_BD, idx_BK):
   """Pre-activations at the chosen latents only: B*K*D work; its gradient is a scatter-add."""
   xin = x_BD - params["b_dec"] if cfg.architecture in SUBTRACT_B_DEC else x_BD
-  w_BKD = jnp.take(params["W_enc"].T, idx_BK, axis=0)
+  w_BKD = jnp.take(params["W_enc_MD"], idx_BK, axis=0)
   return jnp.einsum("bd,bkd->bk", xin, w_BKD) + jnp.take(params["b_enc"], idx_BK)
 
 
@@ -436,17 +441,24 @@ def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh):
   (alpha-free aux mse, e_hat).  Zero when no latent is dead.
   """
   ka = cfg.k_aux_eff
-  masked = jnp.where(dead_M[None, :], pre_BM, -jnp.inf)
-  _, idx = topk_indices(masked, ka, mesh)
-  if cfg.sparse_decode:
-    vals = _gathered_pre(cfg, params, x_BD, idx)
-  else:
-    vals = jnp.take_along_axis(pre_BM, idx, axis=1)
-  vals = jax.nn.relu(vals) * jnp.take(dead_M, idx).astype(vals.dtype)
-  e_hat = auxk_decode(cfg, params, vals, idx)
   e = lax.stop_gradient(resid_BD)
-  any_dead = jnp.any(dead_M).astype(jnp.float32)
-  return any_dead * jnp.mean(_sq(e - e_hat)), e_hat
+
+  def compute(params, pre_BM, x_BD):
+    masked = jnp.where(dead_M[None, :], pre_BM, -jnp.inf)
+    _, idx = topk_indices(masked, ka, mesh)
+    if cfg.sparse_decode:
+      vals = _gathered_pre(cfg, params, x_BD, idx)
+    else:
+      vals = jnp.take_along_axis(pre_BM, idx, axis=1)
+    vals = jax.nn.relu(vals) * jnp.take(dead_M, idx).astype(vals.dtype)
+    e_hat = auxk_decode(cfg, params, vals, idx)
+    return jnp.mean(_sq(e - e_hat)), e_hat
+
+  def skip(params, pre_BM, x_BD):
+    return jnp.float32(0.0), jnp.zeros_like(x_BD)
+
+  # Skipped entirely while no latent is dead (a select, not a skip, under the sweep's vmap).
+  return lax.cond(jnp.any(dead_M), compute, skip, params, pre_BM, x_BD)
 
 
 def auxk_decode(cfg, params, vals_BK, idx_BK):
@@ -574,8 +586,12 @@ def make_loss(cfg: SAEConfig, mesh: Mesh | None = None):
     x = batch["x"] if isinstance(batch, dict) else batch
     chex.assert_shape(x, (None, cfg.d_in))
     step = jnp.asarray(step, jnp.int32)
-    losses, (mets, new_aux) = jax.vmap(
-        lambda p, a: _loss_one(cfg, p, a, x, step, mesh))(params, aux)
+    one = lambda p, a: _loss_one(cfg, p, a, x, step, mesh)
+    if cfg.n_saes == 1:   # no vmap: lax.cond inside stays a real branch
+      l, (m, a) = one(select(params, 0), select(aux, 0))
+      losses, mets, new_aux = jax.tree.map(lambda v: v[None], (l, m, a))
+    else:
+      losses, (mets, new_aux) = jax.vmap(one)(params, aux)
     return jnp.sum(losses), (flatten_metrics(mets, cfg.n_saes), new_aux)
 
   return loss
@@ -606,7 +622,7 @@ def post_update(cfg: SAEConfig):
 
 def param_rules():
   """Sharding rules for stacked params [S, ...]: latents over `model`."""
-  return [(r"W_enc$", P(None, None, MODEL)), (r"W_dec$", P(None, MODEL, None)),
+  return [(r"W_enc_MD$", P(None, MODEL, None)), (r"W_dec$", P(None, MODEL, None)),
           (r"b_enc$", P(None, MODEL)), (r"threshold$", P(None, MODEL))]
 
 

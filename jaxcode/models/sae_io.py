@@ -59,9 +59,9 @@ def exported_arrays(cfg: sae_lib.SAEConfig, params, aux) -> tuple[str, dict, dic
   """(SAELens architecture, arrays in raw units, extra cfg fields) of ONE SAE."""
   p = {k: np.asarray(v, np.float32) for k, v in params.items()}
   s = float(np.asarray(aux["norm_scale"]))
-  w_enc, b_enc, w_dec, b_dec = p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"]
+  w_enc, b_enc, w_dec, b_dec = p["W_enc_MD"].T, p["b_enc"], p["W_dec"], p["b_dec"]
   if w_enc.ndim != 2:
-    raise ConfigError(f"export expects one SAE's params (W_enc 2-D), got W_enc of shape "
+    raise ConfigError(f"export expects one SAE's params (W_enc_MD 2-D), got W_enc of shape "
                       f"{w_enc.shape}; use sae.select(params, i)")
   if cfg.architecture in sae_lib.SUBTRACT_B_DEC:
     b_enc = b_enc - b_dec @ w_enc
