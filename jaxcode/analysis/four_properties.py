@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib import resources
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -153,7 +153,10 @@ def mean_abs_cos_offdiag(v_KD) -> float:
 
 
 def specificity(x, labels, center: bool = True) -> float:
-  """1 - mean |cos| between class-mean directions (centred on the mean of all points)."""
+  """1 - mean |cos| between class-mean directions (centred on the mean of all points).
+
+  Centred class means of K equal-sized classes sum to zero, so they cannot all be
+  orthogonal: with K = 14 categories the best attainable value is about 1 - 1/(K - 1)."""
   x = _check_x(x)
   lab = _check_labels(labels, x.shape[0])
   n_cls = int(lab.max()) + 1
@@ -281,9 +284,15 @@ def four_properties(x, labels, embeddings=None, quads=None, dim: int = 8) -> dic
 
 # ------------------------------------------------------------------ concept data
 
+CONCEPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "resources", "concepts")
+
+
 def _load(name: str) -> dict:
-  text = resources.files("jaxcode").joinpath("resources", "concepts", name).read_text()
-  return json.loads(text)
+  # A path beside the package (package data in the wheel); importlib.resources fails on
+  # some editable installs.
+  with open(os.path.join(CONCEPTS_DIR, name), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def load_categories() -> dict[str, list[str]]:
