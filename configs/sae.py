@@ -5,8 +5,8 @@
 Variants: relu, relu_classic, topk, batchtopk, jumprelu, jumprelu_tanh, matryoshka.  The default
 data is a synthetic planted dictionary, so every variant runs anywhere in about a minute on a
 laptop CPU.  Override on the command line, e.g. --config.sae.d_sae=4096 --config.steps=20000,
---config.data.kind=chunked --config.data.path=/cache/gpt2_l8, or a sweep of 4 SAEs trained at
-once: --config.sae.sweep_k='(16,32,64,128)'.
+--config.data.kind=activation_cache --config.data.path=/cache/gpt2 --config.data.hookpoint=...,
+or a sweep of 4 SAEs trained at once: --config.sae.sweep_k='(16,32,64,128)'.
 """
 
 from ml_collections import ConfigDict
@@ -39,8 +39,9 @@ def get_config(arch: str = "topk") -> ConfigDict:
       tokens=8192,               # held-out tokens for the final evaluation
       batch_size=2048))          # evaluation batch
   c.data = ConfigDict(dict(
-      kind="synthetic",          # synthetic | array_npy | chunked
-      path="",                   # .npy file (array_npy) or store directory with manifest.json
+      kind="synthetic",          # synthetic | array_npy | chunked | activation_cache
+      path="",                   # .npy file, chunked store or activation cache directory
+      hookpoint="",              # activation_cache: which hookpoint ('' if it has only one)
       seed=0,                    # data stream seed (batches are pure functions of seed, step)
       d_in=32,                   # synthetic: activation dimension
       n_features=48,             # synthetic: planted dictionary size
@@ -69,7 +70,8 @@ def get_config(arch: str = "topk") -> ConfigDict:
       dec_init_norm=1.0,         # decoder row norm at init (0.1 for the April-2024 recipe)
       b_dec_init="mean",         # zeros | mean | geometric_median (of the norm sample)
       normalisation="unit_mean_sq",  # none | unit_mean_sq (E||x||^2=1) | sqrt_d (E||x||=sqrt d)
-      sparse_decode=False))      # topk: gather-and-sum decoder and sparse encoder gradients
+      sparse_decode=True))       # topk: gather-and-sum decoder and sparse encoder gradients
+                                 # (faster in configs/bench/sae.py on CPU; dense matmul if False)
   s = c.sae
   if arch == "relu":
     s.sparsity_coef, s.dec_init_norm = 0.3, 0.1

@@ -7,7 +7,9 @@ Three implementations of one interface (``ActivationSource``):
                       (``{"d_in": D, "dtype": "float32", "chunks": [{"file": "c0.npy",
                       "rows": n0}, ...]}``); chunks are memory-mapped, so only the rows of a
                       batch are read; ``write_chunked`` writes such a store;
-* ``SyntheticSource`` a planted sparse dictionary (``jaxcode.data.synthetic``).
+* ``SyntheticSource`` a planted sparse dictionary (``jaxcode.data.synthetic``);
+* ``ActivationCacheSource`` one hookpoint of the transformer activation cache
+                      (``jaxcode.data.activations.ActivationCache``; bf16 read as float32).
 
 For the stored sources, epoch e = (step * B) // N uses the permutation seeded by (seed, e), so
 a resumed run reads exactly the rows the uninterrupted run would have read.
@@ -147,8 +149,40 @@ class SyntheticSource:
     return self.planted.batch(self.seed + 1_000_003, 10_000_000 + int(seed), n)
 
 
+class ActivationCacheSource:
+  """Rows of one hookpoint of a complete activation cache, drawn across its chunks."""
+
+  def __init__(self, path: str, hookpoint: str, seed: int = 0):
+    from jaxcode.data.activations import ActivationCache
+    hooks = [hookpoint] if hookpoint else None
+    self.cache = ActivationCache.open(path, hookpoints=hooks)
+    if not hookpoint:
+      if len(self.cache.hookpoints) != 1:
+        raise ConfigError(f"cache {path!r} has hookpoints {self.cache.hookpoints}: "
+                          "set data.hookpoint to one of them")
+      hookpoint = self.cache.hookpoints[0]
+    self.hookpoint, self.seed = hookpoint, int(seed)
+    self.d_in = self.cache.width(hookpoint)
+    if self.cache.n_tokens == 0:
+      raise ConfigError(f"cache {path!r} holds no tokens")
+
+  def rows_at(self, idx):
+    return np.asarray(self.cache.get(self.hookpoint, idx), np.float32)
+
+  def batch(self, step, batch_size):
+    return self.rows_at(_epoch_rows(self.cache.n_tokens, self.seed, step, batch_size))
+
+  def sample(self, n, seed):
+    total = self.cache.n_tokens
+    rng = np.random.default_rng([int(seed), 0x5A])
+    return self.rows_at(rng.choice(total, size=min(n, total), replace=False))
+
+
+KINDS = ("synthetic", "array_npy", "chunked", "activation_cache")
+
+
 def from_config(cfg) -> ActivationSource:
-  """Source from a config with `kind` in (synthetic, array_npy, chunked) and its fields."""
+  """Source from a config with `kind` in KINDS and its fields (path, hookpoint, seed ...)."""
   kind = cfg.kind
   if kind == "synthetic":
     return SyntheticSource(PlantedDictionary(
@@ -158,4 +192,6 @@ def from_config(cfg) -> ActivationSource:
     return ArraySource(np.load(cfg.path), seed=int(cfg.seed))
   if kind == "chunked":
     return ChunkedSource(cfg.path, seed=int(cfg.seed))
-  raise ConfigError(f"data.kind={kind!r}: expected synthetic, array_npy or chunked")
+  if kind == "activation_cache":
+    return ActivationCacheSource(cfg.path, cfg.get("hookpoint", ""), seed=int(cfg.seed))
+  raise ConfigError(f"data.kind={kind!r}: expected one of {KINDS}")

@@ -1,0 +1,73 @@
+"""Activation sources and the planted dictionary.
+
+References: the planted dictionary's own analytic moments (expected L0 = sum of feature
+probabilities, power-law exponent recovered by scipy.stats.linregress on log-log frequencies),
+numpy permutations for epoch coverage, and the activation cache's reader
+(jaxcode.data.activations, written by another helper) for the cache-backed source.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy.stats import linregress
+
+from jaxcode.data import sources
+from jaxcode.data.synthetic import PlantedDictionary
+from jaxcode.parallel import ConfigError
+
+
+def test_array_and_chunked_sources_agree_and_cover_epochs(tmp_path):
+  x = np.random.default_rng(0).standard_normal((60, 5)).astype(np.float32)
+  arr = sources.ArraySource(x, seed=3)
+  store = sources.write_chunked(str(tmp_path / "store"), [x[:25], x[25:40], x[40:]])
+  chk = sources.ChunkedSource(store, seed=3)
+  assert chk.d_in == 5
+  seen = np.concatenate([arr.batch(s, 12) for s in range(5)])     # exactly one epoch
+  assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, x.tolist()))
+  for s in (0, 4, 5, 17):                                         # crosses epoch boundaries
+    np.testing.assert_array_equal(chk.batch(s, 12), arr.batch(s, 12))
+    np.testing.assert_array_equal(arr.batch(s, 12), arr.batch(s, 12))   # pure in (seed, step)
+  assert not np.array_equal(sources.ArraySource(x, seed=4).batch(0, 12), arr.batch(0, 12))
+  np.testing.assert_array_equal(chk.sample(10, 1), arr.sample(10, 1))
+
+
+def test_activation_cache_source(tmp_path):
+  x = np.random.default_rng(1).standard_normal((30, 4)).astype(np.float32)
+  hook = "blocks.1.hook_resid_post"
+  os.makedirs(tmp_path / hook)
+  np.save(tmp_path / hook / "chunk_00000.npy", x[:20])
+  np.save(tmp_path / hook / "chunk_00001.npy", x[20:])
+  man = {"model": "m", "hookpoints": [hook], "widths": {hook: 4}, "dtype": "float32",
+         "complete": True, "chunks": [{"index": 0, "n_tokens": 20, "sha256": {}},
+                                      {"index": 1, "n_tokens": 10, "sha256": {}}]}
+  (tmp_path / "manifest.json").write_text(json.dumps(man))
+  src = sources.ActivationCacheSource(str(tmp_path), "", seed=2)
+  ref = sources.ArraySource(x, seed=2)
+  assert src.d_in == 4
+  for s in (0, 3, 7):
+    np.testing.assert_array_equal(src.batch(s, 8), ref.batch(s, 8))
+
+
+def test_planted_dictionary_statistics():
+  pd = PlantedDictionary(d_in=16, n_features=200, l0=5.0, alpha=0.8, seed=0)
+  d = pd.dictionary
+  np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(pd.probabilities.sum(), 5.0, rtol=1e-6)
+  codes = np.concatenate([pd.codes(0, s, 2000) for s in range(5)])
+  l0 = (codes > 0).sum(1)
+  assert abs(l0.mean() - 5.0) < 4 * l0.std() / np.sqrt(len(l0))
+  freq = (codes > 0).mean(0)
+  fit = linregress(np.log(np.arange(1, 201)[freq > 0]), np.log(freq[freq > 0]))
+  assert abs(fit.slope + 0.8) < 0.1
+  np.testing.assert_allclose(pd.batch(0, 3, 7), pd.codes(0, 3, 7) @ d, rtol=1e-5)
+
+
+def test_source_errors(tmp_path):
+  with pytest.raises(ConfigError, match="no manifest.json"):
+    sources.ChunkedSource(str(tmp_path))
+  with pytest.raises(ConfigError, match="expected a non-empty"):
+    sources.ArraySource(np.zeros((0, 3)))
+  with pytest.raises(ConfigError, match="l0=0"):
+    PlantedDictionary(d_in=4, n_features=8, l0=0)
