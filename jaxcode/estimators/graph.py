@@ -156,8 +156,10 @@ def layered_distances(lengths_LNN, sources, directed: bool = True,
   distance changes.
   """
   L, n, _ = lengths_LNN.shape
+  chex.assert_shape(lengths_LNN, (L, n, n))
   M = L + 1
   src = jnp.asarray(sources)
+  chex.assert_rank(src, 1)
   B = src.shape[0]
   d0 = jnp.full((B, M * n), jnp.inf, lengths_LNN.dtype)
   d0 = d0.at[jnp.arange(B), src].set(0.0).reshape(B, M, n)

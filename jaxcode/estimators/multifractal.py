@@ -25,7 +25,6 @@ these algorithms are sequential greedy choices).
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
 
 import chex
 import jax
