@@ -71,6 +71,20 @@ def test_emergence_from_scale_alone_is_matched_by_null():
   np.testing.assert_allclose(e, w / w[0] * np.log(a0[0] / np.array(a0)), rtol=1e-12)
 
 
+def test_series_means_over_samples_and_filters():
+  """alpha0/width are means over index samples (NumPy mean of single-sample runs)."""
+  p = _mlp([40] * 4, [0.03] * 3, 6)
+  both = nm.analyse_series([p], S=24, seeds=(0, 1))["checkpoints"][0]
+  one = [nm.analyse_series([p], S=24, seeds=(s,))["checkpoints"][0] for s in (0, 1)]
+  assert both["kept_samples"] == 2
+  np.testing.assert_allclose(both["alpha0"], np.mean([o["alpha0"] for o in one]), rtol=1e-6)
+  np.testing.assert_allclose(both["width_fd"], np.mean([o["width_fd"] for o in one]), rtol=1e-6)
+  ks = nm.sampled_kernels(nm.kernels_from_params(p), nm.sample_indices([40] * 4, 24, 0))
+  spec = nm.spectrum(ks)
+  f_pos = bool(np.any(np.asarray(spec.f_fd) > 0))
+  assert nm.passes_filter(spec, 1) == (not f_pos) and nm.passes_filter(spec, 0)
+
+
 def test_multihop_global_equals_sandbox_on_scipy_counts():
   """Multi-hop directed NIN: tau_NeuroMFA(q) = tau_SB(q+1) with global normalisation, the
   sandbox side from scipy Dijkstra counts (the undirected path is checked in graph_test)."""
@@ -122,3 +136,5 @@ def test_bad_inputs_raise_one_line():
     nm.spectrum(nm.kernels_from_params(p), "multihop")
   with pytest.raises(ConfigError, match="mode"):
     nm.analyse_series([p], S=3, mode="boxes")
+  with pytest.raises(ConfigError, match="filter_mode"):
+    nm.analyse_series([p], S=3, filter_mode=7)

@@ -136,37 +136,64 @@ def emergence(alpha0: np.ndarray, width: np.ndarray) -> np.ndarray:
   return w / w[0] * np.log(a[0] / a)
 
 
-def _summary(spec: mf.Spectrum) -> dict:
-  return {"alpha0": float(spec.alpha0), "width": float(spec.width),
-          "alpha0_fd": float(spec.alpha0_fd), "width_fd": float(spec.width_fd)}
+FILTER_MODES = (0, 1, 2, 3)
 
 
-def analyse_series(params_series: Sequence[Any], S: int | None = 64, seed: int = 0,
-                   null_seed: int = 1, mode: str = "paper", **spectrum_kw) -> dict:
+def passes_filter(spec: mf.Spectrum, filter_mode: int) -> bool:
+  """The released code's spectrum filters on forward-difference alpha, f.
+
+  0: keep all; 1: drop if any f > 0; 2: drop if max(alpha) - alpha[0] > 0.01; 3: both.
+  """
+  a, f = np.asarray(spec.alpha_fd), np.asarray(spec.f_fd)
+  bad_f = bool(np.any(f > 0))
+  bad_a = bool(a.max() - a[0] > 0.01)
+  return not ((filter_mode in (1, 3) and bad_f) or (filter_mode in (2, 3) and bad_a))
+
+
+def _summary(specs: Sequence[mf.Spectrum], filter_mode: int) -> dict:
+  """Means over the index samples that pass the filter (NaN when none does)."""
+  kept = [s for s in specs if passes_filter(s, filter_mode)]
+  mean = lambda name: float(np.mean([float(getattr(s, name)) for s in kept])) if kept else float("nan")
+  return {"alpha0": mean("alpha0"), "width": mean("width"), "alpha0_fd": mean("alpha0_fd"),
+          "width_fd": mean("width_fd"), "kept_samples": len(kept)}
+
+
+def analyse_series(params_series: Sequence[Any], S: int | None = 64, seeds: Sequence[int] = (0,),
+                   null_seed: int = 1, mode: str = "paper", filter_mode: int = 0,
+                   **spectrum_kw) -> dict:
   """alpha0, width, E(t) per checkpoint, each with the matched Gaussian null beside it.
 
-  One index sample (seed) for the whole series; the null redraws per checkpoint with the
-  checkpoint's per-layer std. Returns lists (JSON-ready) of per-checkpoint records.
+  One index sample per seed, reused for the whole series (the released code uses 10);
+  alpha0 and width are means over the samples that pass `filter_mode`, and E(t) is formed
+  from those means. The null redraws per checkpoint and sample with the checkpoint's
+  per-layer std. Spectrum arrays are those of the first sample. JSON-ready output.
   """
   if len(params_series) == 0:
     raise ConfigError("params_series=[]: expected at least one checkpoint")
   if mode not in MODES:
     raise ConfigError(f"mode={mode!r}: expected one of {MODES}")
+  if filter_mode not in FILTER_MODES:
+    raise ConfigError(f"filter_mode={filter_mode}: expected one of {FILTER_MODES}")
+  if len(seeds) == 0:
+    raise ConfigError("seeds=(): expected at least one sampling seed")
   series = [kernels_from_params(p) for p in params_series]
   shapes0 = [k.shape for k in series[0]]
   for t, ks in enumerate(series[1:], 1):
     if [k.shape for k in ks] != shapes0:
       raise ConfigError(f"checkpoint {t} has kernels {[k.shape for k in ks]}: expected the "
                         f"architecture of checkpoint 0, {shapes0}")
-  indices = sample_indices(layer_widths(series[0]), S, seed)
+  samples = [sample_indices(layer_widths(series[0]), S, s) for s in seeds]
   skip = spectrum_kw.pop("skip", False)
   records = []
   for t, ks in enumerate(series):
-    kw = dict(spectrum_kw, mode=mode, skip_indices=indices if skip else None)
-    spec = spectrum(sampled_kernels(ks, indices), **kw)
-    null = spectrum(gaussian_null(ks, indices, null_seed + t), **kw)
-    rec = _summary(spec)
-    rec.update({f"null_{k}": v for k, v in _summary(null).items()})
+    specs, nulls = [], []
+    for j, indices in enumerate(samples):
+      kw = dict(spectrum_kw, mode=mode, skip_indices=indices if skip else None)
+      specs.append(spectrum(sampled_kernels(ks, indices), **kw))
+      nulls.append(spectrum(gaussian_null(ks, indices, null_seed + 1000 * j + t), **kw))
+    rec = _summary(specs, filter_mode)
+    rec.update({f"null_{k}": v for k, v in _summary(nulls, filter_mode).items()})
+    spec = specs[0]
     rec.update(qs=np.asarray(spec.qs).tolist(), tau=np.asarray(spec.tau).tolist(),
                alpha=np.asarray(spec.alpha).tolist(), f=np.asarray(spec.f).tolist(),
                r2=np.asarray(spec.r2).tolist(),
@@ -178,5 +205,5 @@ def analyse_series(params_series: Sequence[Any], S: int | None = 64, seed: int =
                     [r[f"{prefix}width{suffix}"] for r in records])
       for r, v in zip(records, e):
         r[f"{prefix}emergence{suffix}"] = float(v)
-  return {"S": S, "seed": seed, "mode": mode, "indices": [i.tolist() for i in indices],
-          "checkpoints": records}
+  return {"S": S, "seeds": list(seeds), "mode": mode, "filter_mode": filter_mode,
+          "indices": [[i.tolist() for i in idx] for idx in samples], "checkpoints": records}
