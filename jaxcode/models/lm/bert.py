@@ -20,7 +20,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcode.models.lm.gpt2 import activation, attend, attention_bias, check_inputs, dense, layer_norm
+from jaxcode.models.lm.gpt2 import (activation, attend, attention_bias, block_edits, check_inputs,
+                                    dense, hook, layer_norm)
 
 
 class BertBlock(nn.Module):
@@ -31,20 +32,21 @@ class BertBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTD, bias_B1QK):
+  def __call__(self, x_BTD, bias_B1QK, edits=None):
     B, T, D = x_BTD.shape
     H, K = self.n_heads, D // self.n_heads
-    rec = {"resid_pre": x_BTD}
+    rec = {}
+    x_BTD = hook(rec, "resid_pre", x_BTD, edits)
     q, k, v = (dense(D, n, self.dtype)(x_BTD).reshape(B, T, H, K) for n in ("query", "key", "value"))
     attn = dense(D, "attn_dense", self.dtype)(attend(q, k, v, bias_B1QK, K ** -0.5))
-    rec["attn_out"] = attn
+    attn = hook(rec, "attn_out", attn, edits)
     a = layer_norm(self.eps, "attn_ln", self.dtype)(x_BTD + attn)
     hid = activation(self.act)(dense(self.d_mlp, "intermediate", self.dtype)(a))
-    rec["mlp_hidden"] = hid
+    hid = hook(rec, "mlp_hidden", hid, edits)
     mlp = dense(D, "output", self.dtype)(hid)
-    rec["mlp_out"] = mlp
+    mlp = hook(rec, "mlp_out", mlp, edits)
     y = layer_norm(self.eps, "output_ln", self.dtype)(a + mlp)
-    rec["resid_post"] = y
+    y = hook(rec, "resid_post", y, edits)
     return y, rec
 
 
@@ -62,7 +64,8 @@ class Bert(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True):
+  def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True,
+               edits=None):
     check_inputs(input_ids_BT, mask_BT)
     T = input_ids_BT.shape[1]
     emb = lambda n, name: nn.Embed(n, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
@@ -71,14 +74,15 @@ class Bert(nn.Module):
     x_BTD = (words(input_ids_BT) + emb(self.n_types, "token_type_embeddings")(
         jnp.zeros_like(input_ids_BT)) + emb(self.n_ctx, "position_embeddings")(jnp.arange(T))[None])
     x_BTD = layer_norm(self.eps, "embeddings_ln", self.dtype)(x_BTD)
-    rec = {"embed": x_BTD}
+    rec = {}
+    x_BTD = hook(rec, "embed", x_BTD, edits)
     bias = attention_bias(mask_BT, causal=False)
     for i in range(n_blocks):
       x_BTD, acts = BertBlock(self.n_heads, self.d_mlp, self.eps, self.act, self.dtype,
-                              name=f"layer_{i}")(x_BTD, bias)
+                              name=f"layer_{i}")(x_BTD, bias, block_edits(edits, i))
       rec.update({f"blocks.{i}.{k}": v for k, v in acts.items()})
     if head:
-      rec["final"] = x_BTD
+      x_BTD = hook(rec, "final", x_BTD, edits)
       if self.mlm_head:
         h = activation(self.act)(dense(self.d_model, "mlm_transform", self.dtype)(x_BTD))
         h = layer_norm(self.eps, "mlm_ln", self.dtype)(h)

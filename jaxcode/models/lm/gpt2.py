@@ -74,6 +74,26 @@ def layer_norm(eps: float, name: str, dtype) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+def hook(rec: dict, name: str, x, edits):
+  """Records x as hookpoint `name` in rec; if edits names it, x is first replaced by edits[name](x).
+
+  An edit is a function array -> array of the same shape (an SAE's reconstruction, a zero
+  ablation); the replaced value is what the rest of the forward sees and what is recorded.
+  """
+  if edits and name in edits:
+    y = edits[name](x)
+    chex.assert_shape(y, x.shape)
+    x = y.astype(x.dtype)
+  rec[name] = x
+  return x
+
+
+def block_edits(edits, i: int):
+  """The edits of block i, keyed by the block-local name (resid_pre, attn_out, ...)."""
+  prefix = f"blocks.{i}."
+  return {k[len(prefix):]: f for k, f in (edits or {}).items() if k.startswith(prefix)}
+
+
 def check_inputs(input_ids_BT, mask_BT):
   chex.assert_rank(input_ids_BT, 2)
   chex.assert_equal_shape([input_ids_BT, mask_BT])
@@ -90,22 +110,23 @@ class GPT2Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTD, bias_B1QK):
+  def __call__(self, x_BTD, bias_B1QK, edits=None):
     B, T, D = x_BTD.shape
     H, K = self.n_heads, D // self.n_heads
-    rec = {"resid_pre": x_BTD}
+    rec = {}
+    x_BTD = hook(rec, "resid_pre", x_BTD, edits)
     h = layer_norm(self.eps, "ln_1", self.dtype)(x_BTD)
     q, k, v = (dense(D, n, self.dtype)(h).reshape(B, T, H, K) for n in ("q", "k", "v"))
     attn = dense(D, "c_proj_attn", self.dtype)(attend(q, k, v, bias_B1QK, self.scale))
-    rec["attn_out"] = attn
+    attn = hook(rec, "attn_out", attn, edits)
     x_BTD = x_BTD + attn
     h = layer_norm(self.eps, "ln_2", self.dtype)(x_BTD)
     hid = activation(self.act)(dense(self.d_mlp, "c_fc", self.dtype)(h))
-    rec["mlp_hidden"] = hid
+    hid = hook(rec, "mlp_hidden", hid, edits)
     mlp = dense(D, "c_proj_mlp", self.dtype)(hid)
-    rec["mlp_out"] = mlp
+    mlp = hook(rec, "mlp_out", mlp, edits)
     x_BTD = x_BTD + mlp
-    rec["resid_post"] = x_BTD
+    x_BTD = hook(rec, "resid_post", x_BTD, edits)
     return x_BTD, rec
 
 
@@ -124,13 +145,15 @@ class GPT2(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True):
+  def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True,
+               edits=None):
     check_inputs(input_ids_BT, mask_BT)
     T = input_ids_BT.shape[1]
     wte = nn.Embed(self.vocab, self.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="wte")
     wpe = nn.Embed(self.n_ctx, self.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="wpe")
     x_BTD = wte(input_ids_BT) + wpe(jnp.arange(T))[None]
-    rec = {"embed": x_BTD}
+    rec = {}
+    x_BTD = hook(rec, "embed", x_BTD, edits)
     bias = attention_bias(mask_BT, causal=True)
     K = self.d_model // self.n_heads
     for i in range(n_blocks):
@@ -138,11 +161,11 @@ class GPT2(nn.Module):
       if self.scale_by_inverse_layer_idx:
         scale /= float(i + 1)
       x_BTD, acts = GPT2Block(self.n_heads, self.d_mlp, self.eps, self.act, scale, self.dtype,
-                              name=f"h_{i}")(x_BTD, bias)
+                              name=f"h_{i}")(x_BTD, bias, block_edits(edits, i))
       rec.update({f"blocks.{i}.{k}": v for k, v in acts.items()})
     if head:
       final = layer_norm(self.eps, "ln_f", self.dtype)(x_BTD)
-      rec["final"] = final
+      final = hook(rec, "final", final, edits)
       rec["logits"] = wte.attend(final).astype(jnp.float32)
     return rec
 

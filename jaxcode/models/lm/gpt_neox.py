@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcode.models.lm.gpt2 import activation, attend, attention_bias, check_inputs, dense, layer_norm
+from jaxcode.models.lm.gpt2 import (activation, attend, attention_bias, block_edits, check_inputs,
+                                    dense, hook, layer_norm)
 
 
 def rope_settings(cfg) -> tuple[float, float]:
@@ -64,23 +65,24 @@ class NeoXBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTD, bias_B1QK):
+  def __call__(self, x_BTD, bias_B1QK, edits=None):
     B, T, D = x_BTD.shape
     H, K = self.n_heads, D // self.n_heads
-    rec = {"resid_pre": x_BTD}
+    rec = {}
+    x_BTD = hook(rec, "resid_pre", x_BTD, edits)
     h = layer_norm(self.eps, "input_layernorm", self.dtype)(x_BTD)
     q, k, v = (dense(D, n, self.dtype, self.attn_bias)(h).reshape(B, T, H, K) for n in "qkv")
     q, k = rotary(q, self.n_rot, self.theta), rotary(k, self.n_rot, self.theta)
     attn = dense(D, "attn_dense", self.dtype, self.attn_bias)(attend(q, k, v, bias_B1QK, K ** -0.5))
-    rec["attn_out"] = attn
+    attn = hook(rec, "attn_out", attn, edits)
     mlp_in = x_BTD if self.parallel else x_BTD + attn
     h = layer_norm(self.eps, "post_attention_layernorm", self.dtype)(mlp_in)
     hid = activation(self.act)(dense(self.d_mlp, "dense_h_to_4h", self.dtype)(h))
-    rec["mlp_hidden"] = hid
+    hid = hook(rec, "mlp_hidden", hid, edits)
     mlp = dense(D, "dense_4h_to_h", self.dtype)(hid)
-    rec["mlp_out"] = mlp
+    mlp = hook(rec, "mlp_out", mlp, edits)
     x_BTD = x_BTD + attn + mlp
-    rec["resid_post"] = x_BTD
+    x_BTD = hook(rec, "resid_post", x_BTD, edits)
     return x_BTD, rec
 
 
@@ -101,20 +103,23 @@ class GPTNeoX(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True):
+  def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True,
+               edits=None):
     check_inputs(input_ids_BT, mask_BT)
     embed_in = nn.Embed(self.vocab, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                         name="embed_in")
     x_BTD = embed_in(input_ids_BT)
-    rec = {"embed": x_BTD}
+    rec = {}
+    x_BTD = hook(rec, "embed", x_BTD, edits)
     bias = attention_bias(mask_BT, causal=True)
     for i in range(n_blocks):
-      x_BTD, acts = NeoXBlock(self.n_heads, self.d_mlp, self.eps, self.act, self.n_rot, self.theta,
-                              self.parallel, self.attn_bias, self.dtype, name=f"layers_{i}")(x_BTD, bias)
+      block = NeoXBlock(self.n_heads, self.d_mlp, self.eps, self.act, self.n_rot, self.theta,
+                        self.parallel, self.attn_bias, self.dtype, name=f"layers_{i}")
+      x_BTD, acts = block(x_BTD, bias, block_edits(edits, i))
       rec.update({f"blocks.{i}.{k}": v for k, v in acts.items()})
     if head:
       final = layer_norm(self.eps, "final_layer_norm", self.dtype)(x_BTD)
-      rec["final"] = final
+      final = hook(rec, "final", final, edits)
       if self.tied:
         rec["logits"] = embed_in.attend(final).astype(jnp.float32)
       elif self.lm_head:
