@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from jaxcode import parallel
@@ -90,6 +91,24 @@ def test_sparse_ball_counts_match_scipy():
   got = graph.sparse_ball_counts(a, radii, np.arange(a.shape[0]), block=7)
   ref = _numpy_counts(csgraph.shortest_path(a, unweighted=True), radii)
   np.testing.assert_array_equal(got, ref)
+
+
+def test_sparse_ball_counts_jax_bellman_ford_sharded_equals_scipy():
+  """Device Bellman-Ford counts (1 and 8 devices) == NumPy counts of scipy Dijkstra,
+  on a weighted graph (random positive lengths on a (2,2)-flower)."""
+  a = networks.uv_flower(2, 2, 3).tocoo()
+  w = np.random.default_rng(5).uniform(0.5, 2.0, a.nnz)
+  a = sp.csr_matrix((w, (a.row, a.col)), shape=a.shape)
+  radii = np.array([0.7, 1.5, 3.0, 6.0])
+  centres = np.arange(0, a.shape[0], 3)
+  with jax.enable_x64(True):
+    one = graph.sparse_ball_counts(a, radii, centres, block=4, method="jax",
+                                   directed=True, mesh=parallel.single_device_mesh())
+    eight = graph.sparse_ball_counts(a, radii, centres, block=4, method="jax",
+                                     directed=True, mesh=parallel.make_mesh(8, 1))
+  ref = _numpy_counts(csgraph.dijkstra(a, directed=True, indices=centres), radii)
+  np.testing.assert_array_equal(one, ref)
+  np.testing.assert_array_equal(eight, ref)
 
 
 def test_one_hop_histograms_bin_like_numpy_round():

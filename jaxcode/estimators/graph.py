@@ -310,16 +310,26 @@ def check_adjacency(adjacency) -> sp.csr_matrix:
   return a
 
 
-def sparse_ball_counts(adjacency, radii, centres, block: int = 256, directed: bool = False):
+def sparse_ball_counts(adjacency, radii, centres, block: int = 256, directed: bool = False,
+                       method: str = "scipy", mesh=None):
   """Ball counts (K, R) around `centres` of a scipy sparse graph of edge lengths.
 
-  Per block of centres (padded to a fixed block, one compilation): scipy Dijkstra
-  truncated at max(radii), so only balls are explored, then the JAX histogram of
-  ball_counts_from_distances. Only (block, N) distances live at a time.
+  method 'scipy': per block of centres (padded to a fixed block, one compilation), scipy
+  Dijkstra truncated at max(radii), so only balls are explored, then the JAX histogram of
+  ball_counts_from_distances. method 'jax': Bellman-Ford relaxations over the edge list
+  on the device (scatter-min, truncated at max(radii), while_loop until no change),
+  blocks sharded over the mesh's 'data' axis; for accelerators. Only (block, N)
+  distances live at a time.
   """
   a = check_adjacency(adjacency)
   radii = _check_radii(radii)
   centres = np.asarray(centres, np.int64)
+  if centres.size == 0 or centres.min() < 0 or centres.max() >= a.shape[0]:
+    raise ConfigError(f"centres: expected node ids in [0, {a.shape[0]})")
+  if method == "jax":
+    return _sparse_counts_jax(a, radii, centres, block, directed, mesh)
+  if method != "scipy":
+    raise ConfigError(f"method={method!r}: expected 'scipy' or 'jax'")
   block = max(1, min(block, len(centres)))
   r_dev = jnp.asarray(radii)
   hist = jax.jit(ball_counts_from_distances)
@@ -331,6 +341,48 @@ def sparse_ball_counts(adjacency, radii, centres, block: int = 256, directed: bo
       d = np.concatenate([d, np.full((block - len(idx), d.shape[1]), np.inf)])
     out.append(np.asarray(hist(jnp.asarray(d, r_dev.dtype), r_dev))[:len(idx)])
   return np.concatenate(out, axis=0)
+
+
+def _sparse_counts_jax(a: sp.csr_matrix, radii, centres, block, directed, mesh):
+  mesh = mesh if mesh is not None else parallel.single_device_mesh()
+  coo = a.tocoo()
+  src, dst, w = coo.row, coo.col, coo.data
+  if not directed:
+    src, dst, w = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w])
+  dtype = jnp.result_type(float)
+  block = max(1, min(block, len(centres)))
+  ids, valid = _source_blocks(centres, block, mesh.shape[parallel.DATA])
+  counts = _bellman_ford_counts_jit(jnp.asarray(src), jnp.asarray(dst), jnp.asarray(w, dtype),
+                                    jnp.asarray(radii, dtype), jnp.asarray(ids), a.shape[0], mesh)
+  return np.asarray(counts).reshape(-1, len(radii))[valid.ravel()]
+
+
+def _bellman_ford_counts(src, dst, w, radii, ids, n, mesh):
+  shard = parallel.batch_sharding(mesh, ndim=2)
+  r_max = radii[-1]
+
+  def one(c):
+    B = c.shape[0]
+    d0 = jnp.full((B, n), jnp.inf, w.dtype).at[jnp.arange(B), c].set(0.0)
+    d0 = lax.with_sharding_constraint(d0, shard)
+
+    def body(state):
+      d, _, i = state
+      new = d.at[:, dst].min(d[:, src] + w[None, :])
+      new = jnp.where(new <= r_max, new, jnp.inf)
+      return lax.with_sharding_constraint(new, shard), d, i + 1
+
+    def cond(state):
+      d, prev, i = state
+      return jnp.logical_or(i == 0, jnp.any(d != prev))
+
+    d, _, _ = lax.while_loop(cond, body, (d0, d0, jnp.int32(0)))
+    return ball_counts_from_distances(d, radii)
+
+  return lax.map(one, ids)
+
+
+_bellman_ford_counts_jit = jax.jit(_bellman_ford_counts, static_argnums=(5, 6))
 
 
 def sparse_balls(adjacency, radii: Sequence[float], strict: bool = False, block: int = 512,

@@ -323,18 +323,19 @@ def _centres(n: int, centres, seed: int) -> np.ndarray:
 
 
 def sandbox_spectrum(adjacency, qs, radii, centres=None, seed: int = 0,
-                     block: int = 256) -> Spectrum:
+                     block: int = 256, method: str = "scipy", mesh=None) -> Spectrum:
   """Sandbox spectrum (Liu et al. 2015) of a scipy sparse graph of edge lengths.
 
   radii: the fit window (ball radii, >= 2 of them); centres: None (all nodes), a count
-  (seeded random sample) or explicit ids. Returns a Spectrum with tau, dims (D(q),
-  D(1) the information dimension), alpha, f.
+  (seeded random sample) or explicit ids; method: 'scipy' (truncated Dijkstra on the
+  host) or 'jax' (device Bellman-Ford, sharded over `mesh`). Returns a Spectrum with
+  tau, dims (D(q), D(1) the information dimension), alpha, f.
   """
   qs = check_qs(qs)
   r, _ = check_window(radii)
   a = graph.check_adjacency(adjacency)
   c = _centres(a.shape[0], centres, seed)
-  counts = graph.sparse_ball_counts(a, r, c, block=block)
+  counts = graph.sparse_ball_counts(a, r, c, block=block, method=method, mesh=mesh)
   return sandbox_from_counts(counts, r, a.shape[0], qs)
 
 
