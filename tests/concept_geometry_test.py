@@ -156,3 +156,55 @@ def test_clustering_entropy_artefact_on_gaussian_null():
   centres = 4 * rng.standard_normal((20, 60))
   blobs = centres[rng.integers(0, 20, 1200)] + 0.3 * rng.standard_normal((1200, 60))
   assert cg.corrected_clustering_entropy(blobs, n_sub=1000, d=30, n_boot=2)["value"] > 20
+
+
+# ------------------------------------------------------------------ experiment: bad input
+
+@pytest.fixture(scope="module")
+def minilm():
+  from jaxcode.models.lm import load_pretrained, minilm_path
+  return load_pretrained(minilm_path())
+
+
+def _run_tiny(tmp_path, monkeypatch, lm, **overrides):
+  from configs import concept_geometry as cfgs
+  from jaxcode.experiments import concept_geometry as exp
+  monkeypatch.setattr(exp, "load_lm", lambda config: lm)
+  c = cfgs.get_config("tiny")
+  c.unlock()
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  c.lock()
+  return exp.run(c, str(tmp_path / "w"))
+
+
+def test_experiment_sae_d_in_mismatch(tmp_path, monkeypatch, minilm):
+  """An exported SAE of width 8 applied to MiniLM's 384-wide residual stream."""
+  from safetensors.numpy import save_file
+  d = tmp_path / "sae"
+  d.mkdir()
+  rng = np.random.default_rng(0)
+  save_file({"W_enc": rng.standard_normal((8, 16)).astype(np.float32),
+             "b_enc": np.zeros(16, np.float32),
+             "W_dec": rng.standard_normal((16, 8)).astype(np.float32),
+             "b_dec": np.zeros(8, np.float32)}, str(d / "sae_weights.safetensors"))
+  (d / "cfg.json").write_text('{"architecture": "standard", "d_in": 8, "d_sae": 16}')
+  with pytest.raises(ConfigError, match="d_in=8 but the activations .* have width 384"):
+    _run_tiny(tmp_path, monkeypatch, minilm, sae_paths=(str(d), str(d)))
+
+
+def test_experiment_block_longer_than_sequences(tmp_path, monkeypatch, minilm):
+  # seq_len 66 holds 64 text tokens between [CLS] and [SEP]
+  with pytest.raises(ConfigError, match="block_len=65 is longer than the sequences \\(64"):
+    _run_tiny(tmp_path, monkeypatch, minilm, **{"lobes.block_len": 65})
+
+
+def test_experiment_unknown_words(tmp_path, monkeypatch, minilm):
+  p = tmp_path / "pairs.json"
+  p.write_text('{"r1": [["king", "queen"], ["man", "\\u2603"]], "r2": [["a", "b"], ["c", "d"]]}')
+  with pytest.raises(ConfigError, match="word '\u2603' .* unknown to the tokenizer"):
+    _run_tiny(tmp_path, monkeypatch, minilm, **{"crystals.pairs_file": str(p)})

