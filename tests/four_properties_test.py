@@ -36,8 +36,8 @@ def test_abstraction_equals_pdist():
 def test_probe_precision_separable_and_chance():
   x, lab = _clusters(d=32)
   assert F.probe_precision(x, lab) > 0.95
-  assert F.probe_precision(x, np.random.default_rng(2).permutation(lab)) < 0.5
-  assert F.probe_precision(x, lab, projection=list(range(8))) > 0.9
+  assert F.probe_precision(x, np.random.default_rng(2).permutation(lab), folds=3) < 0.5
+  assert F.probe_precision(x, lab, projection=list(range(8)), folds=3) > 0.9
 
 
 def test_specificity_matches_numpy_and_analytic():
@@ -102,9 +102,9 @@ def test_l0_and_orthogonality():
 def test_four_properties_row_and_pass_marks():
   """Separated clusters pass abstraction and precision; shuffled labels fail all three."""
   x, lab = _clusters(d=32)
-  row = F.four_properties(x, lab)
+  row = F.four_properties(x, lab, folds=3)
   assert row["pass"]["abstraction"] and row["pass"]["precision"]
-  bad = F.four_properties(x, np.random.default_rng(6).permutation(lab))
+  bad = F.four_properties(x, np.random.default_rng(6).permutation(lab), folds=3)
   assert bad["pass"] == {"abstraction": False, "precision": False, "specificity": False}
   assert set(F.PASS_MARKS) == {"abstraction", "precision", "specificity", "systematicity"}
 

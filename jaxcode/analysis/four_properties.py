@@ -40,14 +40,16 @@ TEMPLATE = "This is a sentence about {word}."
 # ------------------------------------------------------------------ input checks
 
 def _check_x(x, name: str = "x", min_n: int = 2) -> jax.Array:
-  x = jnp.asarray(x)
+  if not isinstance(x, jax.Array):
+    x = np.asarray(x)
   if x.ndim != 2:
     raise ConfigError(f"{name} has shape {tuple(x.shape)}: expected a 2-D array (N, d)")
   if x.shape[0] < min_n:
     raise ConfigError(f"{name} has {x.shape[0]} rows: expected at least {min_n}")
-  if not bool(jnp.isfinite(x).all()):
+  finite = np.isfinite(x).all() if isinstance(x, np.ndarray) else jnp.isfinite(x).all()
+  if not bool(finite):
     raise ConfigError(f"{name} contains NaN or Inf: expected finite values")
-  return x
+  return jnp.asarray(x)
 
 
 def _check_labels(labels, n: int, min_classes: int = 2) -> np.ndarray:
@@ -140,16 +142,26 @@ def probe_precision(x, labels, dim: int = 8, projection: str | Sequence[int] = "
 
 # ------------------------------------------------------------------ specificity
 
+@jax.jit
+def _mean_abs_cos(v_KD):
+  u = v_KD / jnp.linalg.norm(v_KD, axis=1, keepdims=True)
+  c = jnp.abs(u @ u.T)
+  k = v_KD.shape[0]
+  return (jnp.sum(c) - jnp.trace(c)) / (k * (k - 1))
+
+
 def mean_abs_cos_offdiag(v_KD) -> float:
   """Mean |cos| over distinct pairs of rows (rows with zero norm are an error)."""
   v = jnp.asarray(v_KD)
-  norms = jnp.linalg.norm(v, axis=1)
-  if bool(jnp.any(norms == 0)):
+  if bool(jnp.any(jnp.linalg.norm(v, axis=1) == 0)):
     raise ConfigError("a direction has zero norm: cosines are undefined")
-  u = v / norms[:, None]
-  c = jnp.abs(u @ u.T)
-  k = v.shape[0]
-  return float((jnp.sum(c) - jnp.trace(c)) / (k * (k - 1)))
+  return float(_mean_abs_cos(v))
+
+
+@functools.partial(jax.jit, static_argnames=("n_cls", "center"))
+def _class_means(x_ND, lab_N, n_cls: int, center: bool):
+  means = jax.ops.segment_sum(x_ND, lab_N, n_cls) / jnp.bincount(lab_N, length=n_cls)[:, None]
+  return means - jnp.mean(x_ND, axis=0) if center else means
 
 
 def specificity(x, labels, center: bool = True) -> float:
@@ -159,11 +171,7 @@ def specificity(x, labels, center: bool = True) -> float:
   orthogonal: with K = 14 categories the best attainable value is about 1 - 1/(K - 1)."""
   x = _check_x(x)
   lab = _check_labels(labels, x.shape[0])
-  n_cls = int(lab.max()) + 1
-  means = jax.ops.segment_sum(x, jnp.asarray(lab), n_cls) / jnp.bincount(
-      jnp.asarray(lab), length=n_cls)[:, None]
-  if center:
-    means = means - jnp.mean(x, axis=0)
+  means = _class_means(x, jnp.asarray(lab), int(lab.max()) + 1, center)
   return 1.0 - mean_abs_cos_offdiag(means)
 
 
@@ -268,13 +276,14 @@ def passes(values: dict) -> dict:
   return {k: bool(values[k] > v) for k, v in PASS_MARKS.items() if k in values}
 
 
-def four_properties(x, labels, embeddings=None, quads=None, dim: int = 8) -> dict:
+def four_properties(x, labels, embeddings=None, quads=None, dim: int = 8,
+                    folds: int = 5) -> dict:
   """The four properties of one layer's concept representations, with pass/fail.
 
   x, labels: concept representations and their category; embeddings (V, D) with quads
   (Q, 4) for systematicity (omitted when None)."""
   out = dict(abstraction=abstraction_ratio(x, labels),
-             precision=probe_precision(x, labels, dim=dim),
+             precision=probe_precision(x, labels, dim=dim, folds=folds),
              specificity=specificity(x, labels))
   if embeddings is not None and quads is not None:
     out["systematicity"] = analogy_accuracy(embeddings, quads)
