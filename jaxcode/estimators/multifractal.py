@@ -294,7 +294,10 @@ def paper_spectrum(hist_NT, qs=PAPER_QS, method: str = "auto",
     raise ConfigError(f"method={method!r}: expected 'auto', 'grouped' or 'logsumexp'")
   dtype = jnp.result_type(float)
   q = jnp.asarray(qs, dtype)
-  A = (int(np.asarray(h.sum(axis=1)).max()) if max_count is None else int(max_count)) + 1
+  most = int(np.asarray(h.sum(axis=1)).max())
+  if max_count is not None and most > int(max_count):
+    raise ConfigError(f"max_count={max_count}: a node has {most} distances, expected an upper bound")
+  A = (most if max_count is None else int(max_count)) + 1
   if method == "grouped" or (method == "auto" and grouped_is_safe(qs, A, dtype)):
     spec, n_keep, n_r = _paper_grouped_jit(h, q, A)
   else:
