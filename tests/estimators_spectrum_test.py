@@ -87,3 +87,14 @@ def test_bad_weighting_and_points():
     S.powerlaw_fit(np.ones(5), 1, 3, "log")
   with pytest.raises(ConfigError, match="NaN or Inf"):
     S.covariance(np.array([[1.0, np.inf], [0.0, 0.0]]))
+
+
+def test_sharded_covariance_communicates_only_the_dxd_sum():
+  """Row blocks stay on their devices: the one collective is the all-reduce of (d, d)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = make_mesh()
+  x = jax.device_put(np.zeros((8, 4, 32, 6), np.float32), NamedSharding(mesh, P("data")))
+  hlo = S._blocked_gram.lower(x, np.zeros(6, np.float32), n=1000).compile().as_text()
+  lines = [l for l in hlo.splitlines() if "=" in l and any(
+      op in l for op in ("all-gather(", "all-reduce(", "all-to-all(", "collective-permute("))]
+  assert len(lines) == 1 and "all-reduce(" in lines[0] and "f32[6,6]" in lines[0], lines
