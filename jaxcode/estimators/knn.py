@@ -29,7 +29,6 @@ count, or raises, before estimating.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import NamedTuple
 
