@@ -16,11 +16,15 @@ one of those k groups, and those groups hold at least k scores <= t, so the k sm
 scores among them are the k smallest of the block (ties at t may resolve either way).
 Then `lax.top_k` runs on k * group candidates instead of ref_block scores.
 
-Euclidean scores are ranked by ||r||^2 - 2 q.r on centred data (one matmul per block);
-the k chosen distances are then recomputed exactly as ||q - r|| so near neighbours keep
-full precision. Max-norm distances are computed directly.
+Euclidean scores are ranked by ||r||^2 - 2 q.r on centred data, one matmul of [-2q, 1]
+with the stored rows [r, ||r||^2] per block; the chosen distances are then recomputed
+exactly as ||q - r||, so reported distances keep full precision (the selection itself is
+in the working precision: in float32, neighbours closer together than ~1e-7 ||r||^2 in
+squared distance may swap). Max-norm distances are computed directly.
 
-Self is excluded by index. Duplicate points are kept as neighbours at distance 0; they
+Self is not masked in the score matrix: k + 1 candidates are selected and self is removed
+from them (a point with more than k exact copies keeps k copies at distance 0 and never
+itself). Duplicate points are kept as neighbours at distance 0; they
 are counted by `n_zero_first` (points whose nearest neighbour is at distance 0) and
 `knn_distinct`, which the estimators call, drops repeated rows with a warning giving the
 count, or raises, before estimating.
