@@ -1,0 +1,25 @@
+"""Activation extraction into the resumable cache (rerun the same command to finish it).
+
+python -m launch.extract --config=configs/extract.py --workdir=DIR
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxcode.experiments import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/extract.py", "Extraction config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, the cache, results.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from jaxcode.experiments import extract
+  common.run_main(lambda: extract.run(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  common.app_run(main)
