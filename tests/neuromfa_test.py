@@ -73,13 +73,13 @@ def test_emergence_from_scale_alone_is_matched_by_null():
 
 def test_series_means_over_samples_and_filters():
   """alpha0/width are means over index samples (NumPy mean of single-sample runs)."""
-  p = _mlp([40] * 4, [0.03] * 3, 6)
-  both = nm.analyse_series([p], S=24, seeds=(0, 1))["checkpoints"][0]
-  one = [nm.analyse_series([p], S=24, seeds=(s,))["checkpoints"][0] for s in (0, 1)]
+  p = _mlp([96] * 5, [0.03] * 4, 6)      # shapes of the emergence test: one compilation
+  both = nm.analyse_series([p], S=48, seeds=(0, 1))["checkpoints"][0]
+  one = [nm.analyse_series([p], S=48, seeds=(s,))["checkpoints"][0] for s in (0, 1)]
   assert both["kept_samples"] == 2
   np.testing.assert_allclose(both["alpha0"], np.mean([o["alpha0"] for o in one]), rtol=1e-6)
   np.testing.assert_allclose(both["width_fd"], np.mean([o["width_fd"] for o in one]), rtol=1e-6)
-  ks = nm.sampled_kernels(nm.kernels_from_params(p), nm.sample_indices([40] * 4, 24, 0))
+  ks = nm.sampled_kernels(nm.kernels_from_params(p), nm.sample_indices([96] * 5, 48, 0))
   spec = nm.spectrum(ks)
   f_pos = bool(np.any(np.asarray(spec.f_fd) > 0))
   assert nm.passes_filter(spec, 1) == (not f_pos) and nm.passes_filter(spec, 0)
