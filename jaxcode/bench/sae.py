@@ -6,9 +6,13 @@
 (b) TopK step time over the dense ReLU step time at the same sizes (dense decode and the sparse
     gather-and-sum path), and which TopK path is faster here;
 (c) tokens/s of a sweep of S SAEs trained at once (vmapped, one batch feed) against the same S
-    trained one after another (each step feeding its own batch from the same in-memory source).
+    trained one after another (each step feeding its own batch from the same in-memory source):
+    a TopK sweep of k (k/2 .. 4k; the vmapped top-k runs at the largest k for all, masked) and a
+    ReLU sweep of the L1 coefficient (equal work per SAE).
 
-Every number is a ratio of times measured in this run on this device.
+Every number is a ratio of times measured in this run on this device.  Times are the fastest of
+the repeats (least disturbed on a shared machine); on a CPU the ratios are also given by process
+CPU time, which other processes on the machine do not inflate.
 """
 
 from __future__ import annotations
@@ -39,18 +43,47 @@ def _trainer(cfg: sae.SAEConfig, x_sample):
   return [params, tx.init(params), aux], jax.jit(step, donate_argnums=(0, 1, 2))
 
 
-def _time_steps(state, step, feed, repeats: int, warmup: int = 2) -> float:
-  """Median seconds per step (feed() included), the state threaded through donation."""
-  times = []
+def _timed(fn):
+  """(wall seconds, process CPU seconds) of fn() with its result blocked on."""
+  t0, c0 = time.perf_counter(), time.process_time()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _best(samples):
+  """Fastest wall time and the CPU time of the same sample: on a shared machine the fastest
+  repeat is the one least disturbed by other processes."""
+  wall, cpu = min(samples)
+  return wall, cpu
+
+
+def _time_steps(state, step, feed, repeats: int, warmup: int = 2):
+  """(wall, cpu) seconds per step (feed() included), the state threaded through donation."""
+  samples = []
   for i in range(warmup + repeats):
-    t0 = time.perf_counter()
-    x = feed(i)
-    p, o, a, l = step(*state, x, i)
-    jax.block_until_ready(l)
-    state[:] = [p, o, a]
+    box = {}
+
+    def one():
+      p, o, a, l = step(*state, feed(i), i)
+      box["s"] = [p, o, a]
+      return l
+
+    t = _timed(one)
+    state[:] = box["s"]
     if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+      samples.append(t)
+  return _best(samples)
+
+
+def _matmul_rate(n: int, repeats: int):
+  """(FLOP/s by wall time, FLOP/s by process CPU time) of an n^3 float32 matmul."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(k1, (n, n), jnp.float32)
+  b = jax.random.normal(k2, (n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, b))
+  wall, cpu = _best([_timed(lambda: f(a, b)) for _ in range(repeats)])
+  return 2.0 * n ** 3 / wall, 2.0 * n ** 3 / max(cpu, 1e-9)
 
 
 def run(bc) -> dict:
@@ -61,26 +94,29 @@ def run(bc) -> dict:
   sample = data[:1024]
   on_device = jnp.asarray(src.batch(0, b))
   fixed = lambda i: on_device
-  rate = common.matmul_flops_per_s(int(bc.matmul_n), repeats=int(bc.repeats))
+  rate, rate_cpu = _matmul_rate(int(bc.matmul_n), int(bc.repeats))
   out = {"device": common.device_summary(), "d_in": d, "d_sae": m, "batch": b, "k": k,
-         "matmul_flops_per_s": rate}
+         "matmul_flops_per_s": rate, "matmul_flops_per_cpu_s": rate_cpu}
 
   relu = sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=1e-3)
   state, step = _trainer(relu, sample)
-  t_dense = _time_steps(state, step, fixed, int(bc.repeats))
+  t_dense, c_dense = _time_steps(state, step, fixed, int(bc.repeats))
   del state
   flops = 10.0 * b * d * m
   out.update(dense_step_s=t_dense, dense_flops_per_s=flops / t_dense,
-             dense_fraction_of_matmul=flops / t_dense / rate)
+             dense_fraction_of_matmul=flops / t_dense / rate,
+             dense_step_cpu_s=c_dense,
+             dense_fraction_of_matmul_by_cpu_time=flops / max(c_dense, 1e-9) / rate_cpu)
 
   for sparse in (False, True):
     cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=k, sparse_decode=sparse)
     state, step = _trainer(cfg, sample)
-    t = _time_steps(state, step, fixed, int(bc.repeats))
+    t, c = _time_steps(state, step, fixed, int(bc.repeats))
     del state
     name = "sparse" if sparse else "dense"
     out[f"topk_{name}_step_s"] = t
     out[f"topk_{name}_over_dense_relu"] = t / t_dense
+    out[f"topk_{name}_over_dense_relu_by_cpu_time"] = c / max(c_dense, 1e-9)
   out["topk_faster_path"] = ("sparse" if out["topk_sparse_step_s"] < out["topk_dense_step_s"]
                              else "dense")
 
@@ -90,15 +126,30 @@ def run(bc) -> dict:
   sweep = sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=ks,
                         sparse_decode=out["topk_faster_path"] == "sparse")
   state, step = _trainer(sweep, sample)
-  t_vmapped = _time_steps(state, step, feed, int(bc.repeats))
+  t_vmapped = _time_steps(state, step, feed, int(bc.repeats))[0]
   del state
   t_seq = 0.0
   for kk in ks:
     cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=kk,
                         sparse_decode=sweep.sparse_decode)
     state, step = _trainer(cfg, sample)
-    t_seq += _time_steps(state, step, feed, int(bc.repeats))
+    t_seq += _time_steps(state, step, feed, int(bc.repeats))[0]
     del state
   out.update(sweep_ks=list(ks), sweep_vmapped_tokens_per_s=b / t_vmapped,
              sweep_sequential_tokens_per_s=b / t_seq, sweep_speedup=t_seq / t_vmapped)
+
+  # The same comparison for a sweep of the L1 coefficient (ReLU): equal work per SAE.
+  coefs = tuple(float(1e-3 * 2 ** i) for i in range(n))
+  state, step = _trainer(sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=coefs),
+                         sample)
+  t_vmapped = _time_steps(state, step, feed, int(bc.repeats))[0]
+  del state
+  t_seq = 0.0
+  for c in coefs:
+    state, step = _trainer(sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=c),
+                           sample)
+    t_seq += _time_steps(state, step, feed, int(bc.repeats))[0]
+    del state
+  out.update(relu_sweep_vmapped_tokens_per_s=b / t_vmapped,
+             relu_sweep_sequential_tokens_per_s=b / t_seq, relu_sweep_speedup=t_seq / t_vmapped)
   return out

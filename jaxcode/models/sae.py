@@ -202,7 +202,8 @@ def _init_one(cfg: SAEConfig, key, b_dec_D, k, coef, norm_scale):
   D, M = cfg.d_in, cfg.d_sae
   w_dec_MD = jax.random.normal(key, (M, D), jnp.float32)
   w_dec_MD = cfg.dec_init_norm * w_dec_MD / jnp.linalg.norm(w_dec_MD, axis=-1, keepdims=True)
-  params = {"W_enc_MD": w_dec_MD, "b_enc": jnp.zeros((M,), jnp.float32), "W_dec": w_dec_MD,
+  params = {"W_enc_MD": jnp.array(w_dec_MD, copy=True),      # W_enc = W_dec^T at init
+            "b_enc": jnp.zeros((M,), jnp.float32), "W_dec": w_dec_MD,
             "b_dec": b_dec_D.astype(jnp.float32)}
   if cfg.architecture.startswith("jumprelu"):
     params["threshold"] = jnp.full((M,), cfg.jump_threshold_init, jnp.float32)
