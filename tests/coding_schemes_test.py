@@ -91,7 +91,7 @@ def test_linear_posterior_mean_equals_gp():
   n, beta = 32, 2e4
   spec = wide.WideSpec(width=n, depth=1, n_in=12, n_out=3, nonlinearity="linear",
                        a_var=0.002, a_var_p_power=1.0, n_train=8)
-  _, f = _langevin_scan(spec, data, beta=beta, eta=1e-3, steps=2000, n_chains=16, seed=2,
+  _, f = _langevin_scan(spec, data, beta=beta, eta=1e-3, steps=1500, n_chains=12, seed=2,
                         record_every=50, x_rec=jnp.asarray(data.x_test))
   f = f[10:]                                         # burn-in: first 500 steps
   chain_means = f.mean(0)                            # C x T x M
@@ -102,6 +102,7 @@ def test_linear_posterior_mean_equals_gp():
   k_d = np.diag(cs.nngp_feature_kernel(data.x_test, data.x_test, "linear", 1, 1.0))
   gp_mean, _ = cs.gp_predictor(k_tr, k_te, k_d, data.y_train, spec.readout_variance, beta)
   z = np.abs(mean - gp_mean) / sem
+  print("linear mean vs GP: max |z| =", np.max(z))
   assert np.max(z) < 4.5, (mean, gp_mean, sem)
   assert np.max(np.abs(gp_mean)) > 0.05              # the comparison is not trivially zero
 

@@ -29,7 +29,7 @@ from jaxcode.train import langevin as lg
 from jaxcode.train import loop
 from jaxcode.train.metrics import NonFiniteError
 
-PARAM_RULES = ((r"^(w\d+|a)$", P(parallel.DATA)),)        # chain axis first
+PARAM_RULES = wide.CHAIN_RULES                              # chain axis first
 AUX_RULES = ((r"^buffer/samples/", P(None, parallel.DATA)),)  # sample axis, then chains
 
 
@@ -214,7 +214,7 @@ def write_figures(figdir: str, nl: str, fig: dict[str, Any]) -> list[str]:
   for k in range(cols):
     axes[0, k].hist(a[:, k], bins=60, color="C0")
     axes[0, k].set_title(f"class {k}: a_ik", fontsize=8)
-  f.suptitle(f"{nl}: readout weights, all posterior samples")
+  f.suptitle(f"{nl}: readout weights, all posterior samples", y=1.08)
   save(f, "readouts")
 
   order = np.argsort(fig["labels"], kind="stable")

@@ -34,8 +34,9 @@ from jaxcode.parallel import DATA, ConfigError
 NONLINEARITIES = ("linear", "erf", "relu")
 READOUTS = ("mean_field", "lazy")
 
-# Every leaf of a chain-batched params pytree has the chain axis first.
-CHAIN_RULES = ((r".*", P(DATA)),)
+# Sharding rules (for tree_shardings / Task.param_rules): every parameter of a
+# chain-batched params pytree ('w1', ..., 'wL', 'a') has the chain axis first.
+CHAIN_RULES = ((r"^(w\d+|a)$", P(DATA)),)
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
