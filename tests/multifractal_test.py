@@ -108,6 +108,7 @@ def test_sandbox_flowers_match_box_dimension():
   # D(q) non-increasing in q and D(1) (information dimension) between D(0) and D(2)
   dims = np.asarray(s.dims)
   assert np.all(np.diff(dims) <= 1e-9)
+  assert np.all(np.asarray(s.r2) > 0.99)   # power laws over the window (q = 1: tau = 0 exactly)
 
 
 def test_box_covering_memb_flowers():

@@ -94,7 +94,10 @@ def check_window(radii, window=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def wls(x_R, y_R, w_R):
-  """Weighted least-squares slope and R^2 of y on x (w = 0 entries ignored)."""
+  """Weighted least-squares slope and R^2 of y on x (w = 0 entries ignored).
+
+  R^2 is 1 where y is constant up to rounding (tau = 0 at sandbox q = 1, NeuroMFA q = 0).
+  """
   sw = w_R.sum()
   xm = (w_R * x_R).sum() / sw
   ym = (w_R * y_R).sum() / sw
@@ -104,7 +107,10 @@ def wls(x_R, y_R, w_R):
   sxy = (w_R * xc * yc).sum()
   syy = (w_R * yc * yc).sum()
   slope = sxy / sxx
-  r2 = jnp.where(syy > 0, sxy * sxy / (sxx * jnp.where(syy > 0, syy, 1.0)), 1.0)
+  # y constant up to rounding (tau = 0: sandbox q = 1, NeuroMFA q = 0): an exact fit, R^2 = 1
+  eps = 10.0 * jnp.finfo(y_R.dtype).eps
+  flat = syy <= eps * eps * sw * (ym * ym + 1.0)
+  r2 = jnp.where(flat, 1.0, sxy * sxy / (sxx * jnp.where(flat, 1.0, syy)))
   return slope, r2
 
 
