@@ -34,6 +34,11 @@ def test_kernels_in_natural_order_and_sampling_reused():
   assert all(len(np.unique(i)) == 4 and i.max() < w for i, w in zip(idx, nm.layer_widths(ks)))
   sub = nm.sampled_kernels(ks, idx)
   np.testing.assert_array_equal(sub[2], ks[2][idx[2]][:, idx[3]])
+  # a readout named before the hidden kernels (the wide models' layout) is chained last
+  wide = {"a": np.ones((6, 1)), "w1": np.ones((3, 6)), "w2": 2 * np.ones((6, 6)),
+          "w3": 3 * np.ones((6, 6))}
+  ks = nm.kernels_from_params(wide)
+  assert [k.shape for k in ks] == [(3, 6), (6, 6), (6, 6), (6, 1)] and ks[1][0, 0] == 2.0
 
 
 def test_null_matches_layer_scale_and_iid_network_matches_its_null():

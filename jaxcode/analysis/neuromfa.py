@@ -3,8 +3,10 @@
 Network: nodes are the neurons of successive layers; layer l -> l+1 edges carry the
 kernel W_l (n_l, n_{l+1}) with distance |w|^p (p = -1 default; zero weights: no edge).
 The kernels of a params pytree are found by a generic rule: every 2-D leaf (a Dense
-`kernel`, or any 2-D array) in natural path order ('Dense_2' before 'Dense_10'); they
-must chain (n_out of one = n_in of the next), else the architecture is not known here.
+`kernel`, or any 2-D array), in natural path order ('Dense_2' before 'Dense_10') when
+that chains, else in the order in which each n_out feeds the next n_in (the wide
+models' {'w1', 'w2', ..., 'a'}); if no such chain uses them all, the architecture is not
+known here.
 A plain MLP dict {'Dense_0': {'kernel', 'bias'}, ...} (optionally under 'params') fits.
 
 Sampling (as NeuroMFA's released code): S neurons per layer, uniformly without
@@ -43,8 +45,49 @@ def _natural_key(path: str):
   return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
 
 
+def _chain_order(shapes: list[tuple[int, int]], budget: int = 100_000) -> list[int] | None:
+  """An order of all kernels in which each n_out feeds the next n_in, or None.
+
+  Depth-first, trying kernels in natural path order (so that natural order wins whenever
+  it chains, and equal shapes keep their path order); starts preferably at kernels whose
+  input width no other kernel produces.
+  """
+  n = len(shapes)
+  steps = [0]
+
+  def extend(order, used):
+    if len(order) == n:
+      return order
+    steps[0] += 1
+    if steps[0] > budget:
+      return None
+    out = shapes[order[-1]][1]
+    for j in range(n):
+      if not used[j] and shapes[j][0] == out:
+        used[j] = True
+        found = extend(order + [j], used)
+        used[j] = False
+        if found:
+          return found
+    return None
+
+  produced = {s[1] for s in shapes}
+  starts = sorted(range(n), key=lambda i: shapes[i][0] in produced)
+  for i in starts:
+    used = [False] * n
+    used[i] = True
+    found = extend([i], used)
+    if found:
+      return found
+  return None
+
+
 def kernels_from_params(params: Any) -> list[np.ndarray]:
-  """Successive 2-D kernels of a params pytree (natural path order), as float64 NumPy."""
+  """Successive 2-D kernels of a params pytree, as float64 NumPy.
+
+  Natural path order ('Dense_2' before 'Dense_10') when it chains; otherwise the order in
+  which every kernel's n_out feeds the next one's n_in (e.g. {'a': readout, 'w1', 'w2'}).
+  """
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   found = [(parallel.path_str(p), np.asarray(x, np.float64)) for p, x in leaves
            if np.ndim(x) == 2]
@@ -52,11 +95,12 @@ def kernels_from_params(params: Any) -> list[np.ndarray]:
     raise ConfigError("params: architecture not known, expected successive 2-D kernels "
                       "(found no 2-D leaf)")
   found.sort(key=lambda t: _natural_key(t[0]))
-  for (n0, k0), (n1, k1) in zip(found[:-1], found[1:]):
-    if k0.shape[1] != k1.shape[0]:
-      raise ConfigError(f"params: architecture not known, {n0} {k0.shape} does not chain "
-                        f"into {n1} {k1.shape} (expected successive layers)")
-  return [k for _, k in found]
+  order = _chain_order([k.shape for _, k in found])
+  if order is None:
+    desc = ", ".join(f"{name} {k.shape}" for name, k in found[:8])
+    raise ConfigError(f"params: architecture not known, 2-D leaves {desc} do not chain "
+                      f"into successive layers (n_out of one = n_in of the next)")
+  return [found[i][1] for i in order]
 
 
 def layer_widths(kernels: Sequence[np.ndarray]) -> list[int]:
