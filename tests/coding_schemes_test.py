@@ -20,6 +20,7 @@ import pytest
 from numpy.polynomial.hermite_e import hermegauss
 
 from configs import coding_schemes as cfg_lib
+from jaxcode import parallel
 from jaxcode.analysis import coding_schemes as cs
 from jaxcode.data import tasks
 from jaxcode.experiments import coding_schemes as exp
@@ -201,7 +202,7 @@ def test_run_writes_results_and_figures(tmp_path):
     cfg.sampling.n_samples = 3
     cfg.sampling.step_size.erf = 1e-3
     cfg.sampling.check_step_size = False     # tested in langevin_test (saves a compile)
-  out = exp.run(cfg, str(tmp_path))
+  out = exp.run(cfg, str(tmp_path), mesh=parallel.single_device_mesh())   # sharding: langevin_test
   res = json.load(open(tmp_path / "results.json"))
   r = res["results"]["erf"]
   assert r["scheme"] in ("analog", "redundant", "sparse")

@@ -181,4 +181,4 @@ def test_divergent_step_size_reported_with_step(tmp_path, monkeypatch):
   # ... and without that check the in-run detector names the step
   monkeypatch.setattr(exp, "step_size_check", lambda *a: 0.0)
   with pytest.raises(ConfigError, match=r"step_size=0\.5: chains diverged at step \d+"):
-    exp.sample(spec, data, cfg, "relu", str(tmp_path / "run"))
+    exp.sample(spec, data, cfg, "relu", str(tmp_path / "run"), parallel.single_device_mesh())

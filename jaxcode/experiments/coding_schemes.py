@@ -212,7 +212,7 @@ def write_figures(figdir: str, nl: str, fig: dict[str, Any]) -> list[str]:
   cols = min(m, 10)
   f, axes = plt.subplots(1, cols, figsize=(2.2 * cols, 2.2), squeeze=False)
   for k in range(cols):
-    axes[0, k].hist(a[:, k], bins=60, color="C0")
+    axes[0, k].hist(a[:, k], bins=60, color="C0", log=True)   # log counts: outliers visible
     axes[0, k].set_title(f"class {k}: a_ik", fontsize=8)
   f.suptitle(f"{nl}: readout weights, all posterior samples", y=1.08)
   save(f, "readouts")
