@@ -23,6 +23,7 @@ kernel replaced by i.i.d. Gaussian weights with the std of its full layer, same 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Sequence
 
@@ -134,15 +135,23 @@ def gaussian_null(kernels, indices, seed: int) -> list[np.ndarray]:
 # ------------------------------------------------------------------ spectra
 
 
-def _skip_graph(kernels, indices, p, lam, gamma, skip_length) -> sp.csr_matrix:
-  """Layered graph (undirected use) plus identity skip edges l -> l+2 on shared neurons."""
+def identity_skips(indices) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+  """Skip edges l -> l+2 joining the neurons sampled in both layers (local positions)."""
+  out = []
+  for l in range(len(indices) - 2):
+    _, ia, ib = np.intersect1d(indices[l], indices[l + 2], return_indices=True)
+    out.append((l, l + 2, ia, ib))
+  return out
+
+
+def _skip_graph(kernels, skips, p, lam, gamma, skip_length) -> sp.csr_matrix:
+  """Layered graph (undirected use) plus skip edges (layer a, layer b, local i, local j)."""
   lengths, mask = graph.layered_from_kernels(kernels, p, lam, gamma, dtype=jnp.float64)
   a = graph.layered_to_sparse(lengths, mask).tolil()
   n = lengths.shape[1]
-  for l in range(len(indices) - 2):
-    _, ia, ib = np.intersect1d(indices[l], indices[l + 2], return_indices=True)
+  for la, lb, ia, ib in skips:
     for i, j in zip(ia, ib):
-      a[l * n + i, (l + 2) * n + j] = skip_length
+      a[la * n + i, lb * n + j] = skip_length
   return a.tocsr()
 
 
@@ -150,8 +159,13 @@ def spectrum(kernels: Sequence[np.ndarray], mode: str = "paper", qs=mf.PAPER_QS,
              T: int = 150, p: float = -1.0, lam: float = 1.0, gamma: float = 0.0,
              radii=None, window=None, directed: bool = False, normaliser: str = "node",
              skip_indices=None, skip_length: float = 1.0, block: int = 64,
-             mesh=None) -> mf.Spectrum:
-  """Spectrum of one (sampled) chain of kernels; see the module docstring for modes."""
+             mesh=None, skip_edges=None) -> mf.Spectrum:
+  """Spectrum of one (sampled) chain of kernels; see the module docstring for modes.
+
+  Skip edges (multihop only; paper mode is one-hop along the chain): `skip_indices`
+  (per-layer neuron indices: identity edges l -> l+2) or `skip_edges` (a list of
+  (layer a, layer b, local i, local j), e.g. Network.skips), each of length skip_length.
+  """
   if mode == "paper":
     return mf.paper_spectrum(graph.one_hop_layered_histograms(kernels, T, p), qs,
                              max_count=max(k.shape[1] for k in kernels))
@@ -161,7 +175,9 @@ def spectrum(kernels: Sequence[np.ndarray], mode: str = "paper", qs=mf.PAPER_QS,
     raise ConfigError("radii=None: mode 'multihop' needs a declared radius grid")
   radii, _ = mf.check_window(radii, window)
   if skip_indices is not None:
-    a = _skip_graph(kernels, skip_indices, p, lam, gamma, skip_length)
+    skip_edges = identity_skips(skip_indices)
+  if skip_edges is not None:
+    a = _skip_graph(kernels, skip_edges, p, lam, gamma, skip_length)
     real = np.nonzero(np.diff(a.indptr) + np.diff(a.tocsc().indptr))[0]
     sub = a[real][:, real]
     counts = graph.sparse_ball_counts(sub, radii, np.arange(sub.shape[0]), directed=directed)
@@ -235,19 +251,210 @@ def analyse_series(params_series: Sequence[Any], S: int | None = 64, seeds: Sequ
       kw = dict(spectrum_kw, mode=mode, skip_indices=indices if skip else None)
       specs.append(spectrum(sampled_kernels(ks, indices), **kw))
       nulls.append(spectrum(gaussian_null(ks, indices, null_seed + 1000 * j + t), **kw))
-    rec = _summary(specs, filter_mode)
-    rec.update({f"null_{k}": v for k, v in _summary(nulls, filter_mode).items()})
-    spec = specs[0]
-    rec.update(qs=np.asarray(spec.qs).tolist(), tau=np.asarray(spec.tau).tolist(),
-               alpha=np.asarray(spec.alpha).tolist(), f=np.asarray(spec.f).tolist(),
-               r2=np.asarray(spec.r2).tolist(),
-               layer_std=[float(k.std()) for k in ks])
-    records.append(rec)
+    records.append(_record(specs, nulls, filter_mode, [float(k.std()) for k in ks]))
+  _add_emergence(records)
+  return {"S": S, "seeds": list(seeds), "mode": mode, "filter_mode": filter_mode,
+          "indices": [[i.tolist() for i in idx] for idx in samples], "checkpoints": records}
+
+
+def _record(specs, nulls, filter_mode: int, layer_std) -> dict:
+  """One checkpoint: sample means (and the null's), first sample's spectrum arrays."""
+  rec = _summary(specs, filter_mode)
+  rec.update({f"null_{k}": v for k, v in _summary(nulls, filter_mode).items()})
+  spec, null = specs[0], nulls[0]
+  rec.update(qs=np.asarray(spec.qs).tolist(), tau=np.asarray(spec.tau).tolist(),
+             alpha=np.asarray(spec.alpha).tolist(), f=np.asarray(spec.f).tolist(),
+             r2=np.asarray(spec.r2).tolist(), alpha_fd=np.asarray(spec.alpha_fd).tolist(),
+             f_fd=np.asarray(spec.f_fd).tolist(), null_tau=np.asarray(null.tau).tolist(),
+             null_alpha=np.asarray(null.alpha).tolist(), null_f=np.asarray(null.f).tolist(),
+             null_r2=np.asarray(null.r2).tolist(), layer_std=list(layer_std))
+  return rec
+
+
+def _add_emergence(records: list[dict]) -> None:
   for prefix in ("", "null_"):
     for suffix in ("", "_fd"):
       e = emergence([r[f"{prefix}alpha0{suffix}"] for r in records],
                     [r[f"{prefix}width{suffix}"] for r in records])
       for r, v in zip(records, e):
         r[f"{prefix}emergence{suffix}"] = float(v)
-  return {"S": S, "seeds": list(seeds), "mode": mode, "filter_mode": filter_mode,
+
+
+# ------------------------------------------------------------------ transformer LMs
+#
+# The released model2network.py layout per block, on the params pytrees of
+# jaxcode.models.lm (kernels are [in, out]; q, k, v are separate, so the interleaved
+# per-head rows of GPT-NeoX's fused QKV are already untangled):
+#   x (S of d) -> qkv (3S: q, k, v outputs at the head indices) -> heads (S of d, a
+#   synthetic 0/1 matrix: q_i -> head i, every k, v -> every head; weight 1, distance 1)
+#   -> attn_out (S of d, the attention output projection) -> mlp (2S of d_mlp, the MLP
+#   input projection) -> next block's x (S of d, the MLP output projection).
+# Biases, LayerNorms, embeddings and the head are not part of the network.
+# Residual (skip) edges, optional: x_b(i) -> attn_out_b(i) and attn_out_b(i) -> x_{b+1}(i)
+# for every d_model index i sampled in both (the residual stream around attention and MLP).
+
+LM_LAYOUTS = {   # model_type: (block prefix, (q, k, v), attention out, MLP in, MLP out)
+    "gpt2": ("h_", ("q", "k", "v"), "c_proj_attn", "c_fc", "c_proj_mlp"),
+    "gpt_neox": ("layers_", ("q", "k", "v"), "attn_dense", "dense_h_to_4h", "dense_4h_to_h"),
+    "bert": ("layer_", ("query", "key", "value"), "attn_dense", "intermediate", "output"),
+}
+LM_LAYERS = ("x", "qkv", "heads", "attn_out", "mlp")   # node layers per block (then final x)
+
+
+@dataclasses.dataclass
+class Network:
+  """A sampled neuron-interaction network: a chain of kernels plus optional skip edges."""
+  kernels: list            # sampled kernels (n_l, n_{l+1}), float64
+  layer_std: list          # std of each kernel's full weight matrix; None: synthetic 0/1 edges
+  names: list              # node-layer names, len(kernels) + 1
+  indices: list            # neuron indices of each node layer in its full layer
+  skips: list              # (layer a, layer b, local i, local j) skip edges
+
+  @property
+  def n_nodes(self) -> int:
+    return int(sum(len(i) for i in self.indices))
+
+  @property
+  def n_edges(self) -> int:
+    return int(sum(np.count_nonzero(k) for k in self.kernels) + sum(len(s[2]) for s in self.skips))
+
+
+def _unwrap(params):
+  return params["params"] if isinstance(params, dict) and set(params) == {"params"} else params
+
+
+def lm_model_type(params) -> str:
+  """'gpt2', 'gpt_neox' or 'bert' from the block names of a jaxcode.models.lm params tree."""
+  params = _unwrap(params)
+  keys = list(params) if isinstance(params, dict) else []
+  for name, (prefix, qkv, ao, mi, mo) in LM_LAYOUTS.items():
+    block = params.get(f"{prefix}0") if keys else None
+    if isinstance(block, dict) and all(n in block for n in (*qkv, ao, mi, mo)):
+      return name
+  raise ConfigError(f"params with top-level keys {sorted(map(str, keys))[:6]}: architecture not "
+                    f"known, expected a GPT-2, GPT-NeoX or BERT tree of jaxcode.models.lm")
+
+
+def lm_blocks(params, model_type: str | None = None) -> list[dict]:
+  """Per block the full kernels {q, k, v, attn_out, mlp_in, mlp_out} as float64 NumPy."""
+  if model_type is not None and model_type not in LM_LAYOUTS:
+    raise ConfigError(f"model_type={model_type!r}: architecture not known, expected one of "
+                      f"{sorted(LM_LAYOUTS)}")
+  found = lm_model_type(params)
+  if model_type is not None and found != model_type:
+    raise ConfigError(f"model_type={model_type!r}: the params are a {found!r} tree")
+  params = _unwrap(params)
+  prefix, qkv, ao, mi, mo = LM_LAYOUTS[found]
+  n = 0
+  while f"{prefix}{n}" in params:
+    n += 1
+  k = lambda b, name: np.asarray(params[f"{prefix}{b}"][name]["kernel"], np.float64)
+  return [{"q": k(b, qkv[0]), "k": k(b, qkv[1]), "v": k(b, qkv[2]), "attn_out": k(b, ao),
+           "mlp_in": k(b, mi), "mlp_out": k(b, mo)} for b in range(n)]
+
+
+def lm_dims(blocks) -> tuple[int, int, int]:
+  """(d_model, d_mlp, n_blocks)."""
+  return blocks[0]["q"].shape[0], blocks[0]["mlp_in"].shape[1], len(blocks)
+
+
+def lm_sample(d_model: int, d_mlp: int, n_blocks: int, S: int, seed: int) -> list[np.ndarray]:
+  """Sorted neuron indices of every node layer (LM_LAYERS per block, then the final x).
+
+  qkv indices are global rows of the stacked [q | k | v] outputs: h, h + d, h + 2d for
+  the head indices h (the released code's nums2 from nums3); S of d_model for x, heads
+  and attn_out, 2S of d_mlp for the MLP hidden layer, all seeded.
+  """
+  if S < 1:
+    raise ConfigError(f"S={S}: expected a positive sample size")
+  if S > d_model:
+    raise ConfigError(f"S={S}: larger than a layer of width d_model={d_model}, expected S <= {d_model}")
+  if 2 * S > d_mlp:
+    raise ConfigError(f"S={S}: 2S={2 * S} larger than the MLP layer of width {d_mlp}, "
+                      f"expected S <= {d_mlp // 2}")
+  rng = np.random.default_rng(seed)
+  pick = lambda w, n: np.sort(rng.choice(w, n, replace=False))
+  out = []
+  for _ in range(n_blocks):
+    x, heads, ao, mlp = pick(d_model, S), pick(d_model, S), pick(d_model, S), pick(d_mlp, 2 * S)
+    out += [x, np.concatenate([heads, heads + d_model, heads + 2 * d_model]), heads, ao, mlp]
+  return out + [pick(d_model, S)]
+
+
+def lm_network(blocks, indices, residual: bool = False) -> Network:
+  """The sampled network of a list of lm_blocks under lm_sample indices."""
+  d, d_mlp, n_blocks = lm_dims(blocks)
+  if len(indices) != 5 * n_blocks + 1:
+    raise ConfigError(f"indices for {(len(indices) - 1) / 5:g} blocks: the params have {n_blocks}")
+  kernels, stds, names, skips = [], [], [], []
+  for b, w in enumerate(blocks):
+    x, qkv, heads, ao, mlp = indices[5 * b:5 * b + 5]
+    nxt = indices[5 * b + 5]
+    full_qkv = np.concatenate([w["q"], w["k"], w["v"]], axis=1)          # [d, 3d]
+    syn = np.where(qkv[:, None] < d, qkv[:, None] == heads[None], True).astype(np.float64)
+    kernels += [full_qkv[np.ix_(x, qkv)], syn, w["attn_out"][np.ix_(heads, ao)],
+                w["mlp_in"][np.ix_(ao, mlp)], w["mlp_out"][np.ix_(mlp, nxt)]]
+    stds += [float(full_qkv.std()), None, float(w["attn_out"].std()), float(w["mlp_in"].std()),
+             float(w["mlp_out"].std())]
+    names += [f"blocks.{b}.{n}" for n in LM_LAYERS]
+    if residual:
+      for la, lb, ia, ib in ((5 * b, 5 * b + 3, x, ao), (5 * b + 3, 5 * b + 5, ao, nxt)):
+        _, pa, pb = np.intersect1d(ia, ib, return_indices=True)
+        skips.append((la, lb, pa, pb))
+  names.append(f"blocks.{n_blocks}.x")
+  return Network(kernels, stds, names, list(indices), skips)
+
+
+def network_null(net: Network, seed: int) -> Network:
+  """Every real-weight kernel redrawn i.i.d. N(0, std^2) of its full layer; synthetic kept."""
+  rng = np.random.default_rng(seed)
+  ks = [k if s is None else rng.normal(0.0, s, k.shape) for k, s in zip(net.kernels, net.layer_std)]
+  return dataclasses.replace(net, kernels=ks)
+
+
+def network_spectrum(net: Network, mode: str = "paper", **spectrum_kw) -> mf.Spectrum:
+  """spectrum() of a Network; its skip edges are used in multihop mode."""
+  skips = net.skips if (net.skips and mode == "multihop") else None
+  return spectrum(net.kernels, mode=mode, skip_edges=skips, **spectrum_kw)
+
+
+def analyse_lm_series(params_series: Sequence[Any], model_type: str | None = None,
+                      S: int = 64, seeds: Sequence[int] = (0,), null_seed: int = 1,
+                      mode: str = "paper", filter_mode: int = 0, residual: bool = False,
+                      **spectrum_kw) -> dict:
+  """analyse_series for GPT-2 / GPT-NeoX / BERT params trees (the released block layout).
+
+  One lm_sample per seed, reused across the series; the null redraws each real-weight
+  kernel per checkpoint and sample at its checkpoint's full-layer std.
+  """
+  if len(params_series) == 0:
+    raise ConfigError("params_series=[]: expected at least one checkpoint")
+  if mode not in MODES:
+    raise ConfigError(f"mode={mode!r}: expected one of {MODES}")
+  if filter_mode not in FILTER_MODES:
+    raise ConfigError(f"filter_mode={filter_mode}: expected one of {FILTER_MODES}")
+  if len(seeds) == 0:
+    raise ConfigError("seeds=(): expected at least one sampling seed")
+  types = [lm_model_type(p) for p in params_series]
+  model_type = model_type or types[0]
+  series = [lm_blocks(p, model_type) for p in params_series]
+  arch0 = (types[0], lm_dims(series[0]))
+  for t, blocks in enumerate(series[1:], 1):
+    if (types[t], lm_dims(blocks)) != arch0:
+      raise ConfigError(f"checkpoint {t} is {types[t]} (d_model, d_mlp, blocks)="
+                        f"{lm_dims(blocks)}: expected the architecture of checkpoint 0, {arch0}")
+  samples = [lm_sample(*lm_dims(series[0]), S, s) for s in seeds]
+  records = []
+  for t, blocks in enumerate(series):
+    nets = [lm_network(blocks, idx, residual) for idx in samples]
+    specs = [network_spectrum(n, mode, **spectrum_kw) for n in nets]
+    nulls = [network_spectrum(network_null(n, null_seed + 1000 * j + t), mode, **spectrum_kw)
+             for j, n in enumerate(nets)]
+    records.append(_record(specs, nulls, filter_mode, nets[0].layer_std))
+  _add_emergence(records)
+  net = lm_network(series[0], samples[0], residual)
+  return {"model_type": model_type, "S": S, "seeds": list(seeds), "mode": mode,
+          "filter_mode": filter_mode, "residual": residual, "d_model": arch0[1][0],
+          "d_mlp": arch0[1][1], "n_blocks": arch0[1][2], "nodes": net.n_nodes,
+          "edges": net.n_edges, "layers": net.names,
           "indices": [[i.tolist() for i in idx] for idx in samples], "checkpoints": records}

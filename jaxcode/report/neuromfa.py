@@ -1,0 +1,65 @@
+"""Figures of NeuroMFA runs: f(alpha) spectra with their Gaussian nulls, E(t) over training."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def _arr(rec: dict, key: str) -> np.ndarray:
+  return np.array([np.nan if v is None else v for v in rec[key]], np.float64)
+
+
+def spectra(records: list[dict], labels: list[str], path: str) -> str:
+  """f(alpha) of every checkpoint (solid) with its matched null (dashed, same colour)."""
+  fig, ax = plt.subplots(figsize=(5.5, 4.0))
+  colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(records), 1)))
+  for rec, lab, c in zip(records, labels, colours):
+    ax.plot(_arr(rec, "alpha"), _arr(rec, "f"), "-", color=c, lw=1.5, label=lab)
+    ax.plot(_arr(rec, "null_alpha"), _arr(rec, "null_f"), "--", color=c, lw=1.0)
+  ax.set_xlabel(r"$\alpha$")
+  ax.set_ylabel(r"$f(\alpha)$")
+  ax.set_title("NeuroMFA spectrum (dashed: i.i.d. Gaussian null)", fontsize=9)
+  ax.legend(fontsize=7, loc="best")
+  return _save(fig, path)
+
+
+def series(steps, records: list[dict], path: str, losses=None, xlabel: str = "checkpoint") -> str:
+  """alpha0, width and E(t) per checkpoint beside the null; the training loss if given."""
+  steps = np.asarray(steps, np.float64)
+  panels = [("alpha0", r"$\alpha_0$"), ("width", "width $w$"), ("emergence", "E(t)")]
+  n = len(panels) + (losses is not None)
+  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2))
+  x = np.where(steps > 0, steps, np.nan) if xlabel == "step" else steps
+  for ax, (key, name) in zip(axes, panels):
+    val = [np.nan if r[key] is None else r[key] for r in records]
+    nul = [np.nan if r[f"null_{key}"] is None else r[f"null_{key}"] for r in records]
+    ax.plot(steps, val, "o-", label="trained")
+    ax.plot(steps, nul, "s--", label="null")
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel(xlabel)
+  if xlabel == "step" and np.nanmax(x) / max(np.nanmin(x), 1) > 20:
+    for ax in axes:
+      ax.set_xscale("symlog", linthresh=1.0)
+  axes[0].legend(fontsize=7)
+  if losses is not None:
+    ax = axes[-1]
+    ax.plot(steps, [np.nan if v is None else v for v in losses], "o-", color="k")
+    ax.set_title("training loss", fontsize=9)
+    ax.set_xlabel(xlabel)
+  fig.tight_layout()
+  return _save(fig, path)
