@@ -4,7 +4,8 @@ whose word-level tokenizers know ~50 words, so the tests ship their own small co
 Independent checks: the table's TwoNN and participation ratio equal scikit-dimension's
 (skdim.id.TwoNN, skdim.id.lPCA(ver='participation_ratio')) on representations recomputed here
 one word per forward pass (no batching, no padding), which checks the batching, the
-right-padding and the word-position gather; the probe, abstraction and specificity values come
+right-padding and the word-position gather; the SAE columns equal numpy's L0 of ReLU codes
+and 1 - mean |cos| of the decoder rows for a hand-written SAELens export; the probe, abstraction and specificity values come
 from jaxcode.analysis.four_properties (tested against sklearn in four_properties_test.py).
 """
 
@@ -57,7 +58,7 @@ def _config(tmp_path, model, **kw):
   return c
 
 
-def _check_table(res, n_layers, n_points):
+def _check_table(res, n_layers, n_points, sae_layers=()):
   assert set(res["table"]) == {"template", "isolated"}
   assert res["counts"]["category_words"] == n_points
   assert res["counts"]["categories"]["unknown"] == dict(total=3, kept=1, dropped=2)
@@ -75,7 +76,10 @@ def _check_table(res, n_layers, n_points):
       assert r["slope"] < 0 and 0 <= r["slope_r2"] <= 1
       assert set(r["pass"]) == {"abstraction", "precision", "specificity", "systematicity"}
       assert r["pass"]["abstraction"] == (r["abstraction"] > 2.0)
-      assert r["l0_sparsity"] is None and r["sae_orthogonality"] is None
+      if r["layer"] in sae_layers:
+        assert 0 <= r["l0_sparsity"] <= 1 and 0 <= r["sae_orthogonality"] <= 1
+      else:
+        assert r["l0_sparsity"] is None and r["sae_orthogonality"] is None
       assert len(r["eigenvalues"]) == n_points - 1
 
 
@@ -100,8 +104,22 @@ def test_launch_end_to_end_bert(tmp_path):
 def test_gpt2_table_matches_skdim_on_unbatched_representations(tmp_path):
   import skdim
   from jaxcode.models.lm import load_pretrained
-  res = exp.run(_config(tmp_path, "gpt2"), str(tmp_path / "run"))
-  _check_table(res, n_layers=2, n_points=24)
+  from safetensors.numpy import save_file
+  rng = np.random.default_rng(0)
+  sae_dir = tmp_path / "sae"
+  sae_dir.mkdir()
+  sae_w = dict(W_enc=rng.normal(size=(32, 16)).astype(np.float32),
+           b_enc=rng.normal(size=16).astype(np.float32),
+           W_dec=rng.normal(size=(16, 32)).astype(np.float32), b_dec=np.zeros(32, np.float32))
+  save_file(sae_w, str(sae_dir / "sae_weights.safetensors"))
+  (sae_dir / "cfg.json").write_text(json.dumps(dict(architecture="standard", d_in=32, d_sae=16)))
+  res = exp.run(_config(tmp_path, "gpt2", sae_paths=("", "", str(sae_dir))),
+                str(tmp_path / "run"))
+  _check_table(res, n_layers=2, n_points=24, sae_layers=(2,))
+  u = sae_w["W_dec"] / np.linalg.norm(sae_w["W_dec"], axis=1, keepdims=True)
+  cos = np.abs(u @ u.T)[~np.eye(16, dtype=bool)]
+  np.testing.assert_allclose(res["table"]["template"][2]["sae_orthogonality"], 1 - cos.mean(),
+                             rtol=1e-5)
   lm = load_pretrained(os.path.join(FIX, "gpt2"))
   words = [w for k, ws in CATS["categories"].items() if k != "unknown" for w in ws]
   for ctx in exp.CONTEXTS:
@@ -117,6 +135,8 @@ def test_gpt2_table_matches_skdim_on_unbatched_representations(tmp_path):
     want_pr = skdim.id.lPCA(ver="participation_ratio").fit(x).dimension_
     np.testing.assert_allclose(row["twonn"], want_tn, rtol=1e-3)
     np.testing.assert_allclose(row["participation_ratio"], want_pr, rtol=1e-3)
+    codes = np.maximum(x @ sae_w["W_enc"] + sae_w["b_enc"], 0)
+    np.testing.assert_allclose(row["l0_sparsity"], np.mean(codes > 0), rtol=1e-6)
 
 
 @pytest.mark.parametrize("change, match", [

@@ -216,30 +216,26 @@ def hookpoints(n_layers: int) -> list[str]:
   return ["embed"] + [f"blocks.{i}.resid_post" for i in range(n_layers)]
 
 
-def represent(lm, ids_list, positions, hooks, batch: int) -> dict[str, np.ndarray]:
-  """{hookpoint: (N, D)} activation at each sequence's word position (right padding)."""
+def represent(lm, ids_list, positions, hooks, batch: int, length: int) -> dict[str, np.ndarray]:
+  """{hookpoint: (N, D)} activation at each sequence's word position. Every forward pass has
+  the same shape (batch, length), right-padded, so the model compiles once."""
   pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+  n = len(ids_list)
+  batch = min(batch, n)
   out = {h: [] for h in hooks}
-  order = np.argsort([len(x) for x in ids_list], kind="stable")   # similar lengths per batch
-  for s in range(0, len(order), batch):
-    idx = order[s:s + batch]
-    t = max(len(ids_list[i]) for i in idx)
-    ids = np.full((len(idx), t), pad, np.int32)
-    mask = np.zeros((len(idx), t), np.int32)
+  for s in range(0, n, batch):
+    idx = np.arange(s, min(s + batch, n))
+    ids = np.full((batch, length), pad, np.int32)
+    mask = np.zeros((batch, length), np.int32)
+    mask[len(idx):, 0] = 1                      # padding rows: one visible token, discarded
     for r, i in enumerate(idx):
       ids[r, :len(ids_list[i])] = ids_list[i]
       mask[r, :len(ids_list[i])] = 1
     acts = lm.apply(ids, mask, hooks)
     pos = np.asarray([positions[i] for i in idx])
     for h in hooks:
-      out[h].append((idx, np.asarray(acts[h])[np.arange(len(idx)), pos]))
-  res = {}
-  for h, parts in out.items():
-    arr = np.zeros((len(ids_list), parts[0][1].shape[1]), np.float32)
-    for idx, a in parts:
-      arr[idx] = a
-    res[h] = arr
-  return res
+      out[h].append(np.asarray(acts[h])[np.arange(len(idx)), pos])
+  return {h: np.concatenate(parts).astype(np.float32) for h, parts in out.items()}
 
 
 # ------------------------------------------------------------------ SAEs
@@ -326,9 +322,10 @@ def run(config, workdir: str) -> dict:
   assert kept == vocab
   at = {w: i for i, w in enumerate(vocab)}
   cat_idx = np.asarray([at[w] for w in cat_words])
+  length = max(len(ids) for ctx in CONTEXTS for ids in enc[ctx][0])
   table = {}
   for ctx in CONTEXTS:
-    acts = represent(lm, enc[ctx][0], enc[ctx][1], hooks, int(config.batch))
+    acts = represent(lm, enc[ctx][0], enc[ctx][1], hooks, int(config.batch), length)
     rows = []
     for li, h in enumerate(hooks):
       v = acts[h]
