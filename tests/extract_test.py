@@ -104,6 +104,8 @@ def test_sigkill_midway_then_rerun_finishes_without_redoing_chunks(tmp_path):
   assert res["tokens_per_s"] > 0 and json.loads((wd / "config.json").read_text())["seq_len"] == 16
   again = exp.run(c, str(wd), mesh=parallel.single_device_mesh())
   assert again["chunks_computed"] == 0 and again["tokens_per_s"] is None
+  assert [r["chunks_computed"] for r in again["runs"]] == [out["chunks_computed"], 0]
+  assert again["tokens_per_s_all_runs"] > 0
 
 
 def test_eight_devices_equal_one_and_bad_input(tmp_path):

@@ -11,6 +11,7 @@ manifest and is redone. One process, data-parallel over its local devices.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 
@@ -170,12 +171,27 @@ def run(config, workdir: str, mesh=None) -> dict:
          "tokens_per_s": info["tokens_per_s"] if info["tokens"] else None,
          "cache_bytes": _dir_bytes(cache_dir), "device_count": jax.device_count(),
          "mesh": dict(mesh.shape)}
+  runs = _previous_runs(os.path.join(workdir, "results.json"))
+  runs.append({k: out[k] for k in ("chunks_computed", "chunks_kept", "tokens_computed",
+                                   "seconds", "tokens_per_s")})
+  worked = [r for r in runs if r["tokens_computed"]]
+  out["runs"] = runs           # one entry per invocation (a resumed job has several)
+  out["tokens_per_s_all_runs"] = (sum(r["tokens_computed"] for r in worked) /
+                                  sum(r["seconds"] for r in worked)) if worked else None
   common.write_json(os.path.join(workdir, "results.json"), out)
   tps = f"{out['tokens_per_s']:.0f} tokens/s" if out["tokens_per_s"] else "nothing to compute"
   print(f"extract: {out['n_tokens']} tokens cached in {n_chunks} chunks "
         f"({out['chunks_kept']} kept, {out['chunks_computed']} computed, {tps}) -> {cache_dir}",
         file=sys.stderr)
   return out
+
+
+def _previous_runs(path: str) -> list:
+  try:
+    with open(path) as f:
+      return list(json.load(f).get("runs", []))
+  except (OSError, ValueError, AttributeError):
+    return []
 
 
 def _dir_bytes(path: str) -> int:
