@@ -437,12 +437,13 @@ def analyse_lm_series(params_series: Sequence[Any], model_type: str | None = Non
     raise ConfigError("seeds=(): expected at least one sampling seed")
   types = [lm_model_type(p) for p in params_series]
   model_type = model_type or types[0]
-  series = [lm_blocks(p, model_type) for p in params_series]
-  arch0 = (types[0], lm_dims(series[0]))
-  for t, blocks in enumerate(series[1:], 1):
+  series = [lm_blocks(p) for p in params_series]
+  arch0 = (model_type, lm_dims(series[0]))
+  for t, blocks in enumerate(series):
     if (types[t], lm_dims(blocks)) != arch0:
       raise ConfigError(f"checkpoint {t} is {types[t]} (d_model, d_mlp, blocks)="
-                        f"{lm_dims(blocks)}: expected the architecture of checkpoint 0, {arch0}")
+                        f"{lm_dims(blocks)}: expected {arch0[0]} {arch0[1]} (the first "
+                        f"checkpoint's or the given model_type)")
   samples = [lm_sample(*lm_dims(series[0]), S, s) for s in seeds]
   records = []
   for t, blocks in enumerate(series):

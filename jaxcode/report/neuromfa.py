@@ -39,7 +39,7 @@ def spectra(records: list[dict], labels: list[str], path: str) -> str:
 
 
 def series(steps, records: list[dict], path: str, losses=None, xlabel: str = "checkpoint") -> str:
-  """alpha0, width and E(t) per checkpoint beside the null; the training loss if given."""
+  """alpha0, width and E(t) per checkpoint beside the null; loss curves ({name: values}) if given."""
   steps = np.asarray(steps, np.float64)
   panels = [("alpha0", r"$\alpha_0$"), ("width", "width $w$"), ("emergence", "E(t)")]
   n = len(panels) + (losses is not None)
@@ -58,8 +58,11 @@ def series(steps, records: list[dict], path: str, losses=None, xlabel: str = "ch
   axes[0].legend(fontsize=7)
   if losses is not None:
     ax = axes[-1]
-    ax.plot(steps, [np.nan if v is None else v for v in losses], "o-", color="k")
-    ax.set_title("training loss", fontsize=9)
+    curves = losses if isinstance(losses, dict) else {"loss": losses}
+    for (name, vals), style in zip(curves.items(), ("o-", "s--", "^:")):
+      ax.plot(steps, [np.nan if v is None else v for v in vals], style, label=name)
+    ax.set_title("loss (nats/token)", fontsize=9)
     ax.set_xlabel(xlabel)
+    ax.legend(fontsize=7)
   fig.tight_layout()
   return _save(fig, path)

@@ -1,0 +1,206 @@
+"""Offline NeuroMFA emergence demonstration: a small GPT-2 trained on the default corpus.
+
+run(config, workdir): packs the offline default corpus (jaxcode.data.corpus) with the
+embedded MiniLM WordPiece tokenizer (the only full tokenizer available offline; its
+vocabulary is compacted to the token ids the corpus uses), trains a randomly initialised
+GPT-2 (jaxcode.models.lm.gpt2 from a small transformers.GPT2Config, kernels and
+embeddings N(0, 0.02) as in GPT-2) through the shared loop, saving orbax checkpoints at
+log-spaced steps (training runs in segments that end at those steps), then analyses
+step 0 (the initial params) and every saved step with analyse_lm_series: alpha0, width,
+E(t) and the matched Gaussian null, beside the training loss and a held-out loss.
+Writes workdir/{config.json, metrics.jsonl, checkpoints/, results.json, figures/*.png};
+rerunning resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxcode import parallel
+from jaxcode.analysis import neuromfa as nm
+from jaxcode.data import corpus
+from jaxcode.experiments import common
+from jaxcode.experiments import neuromfa as nmfa_exp
+from jaxcode.models.lm import gpt2, hf
+from jaxcode.parallel import ConfigError
+from jaxcode.train import checkpoint as ckpt_lib
+from jaxcode.train import loop, optim
+
+
+def checkpoint_steps(c) -> list[int]:
+  """Sorted log-spaced steps (2^k up to steps, and steps itself), or the explicit list."""
+  if c.checkpoint_steps:
+    steps = sorted({int(s) for s in c.checkpoint_steps})
+  else:
+    steps = sorted({int(2 ** k) for k in range(int(np.log2(int(c.steps))) + 1)} | {int(c.steps)})
+  if steps[0] < 1 or steps[-1] != int(c.steps):
+    raise ConfigError(f"checkpoint_steps={steps}: expected positive steps ending at steps={c.steps}")
+  return steps
+
+
+def validate(config, workdir: str) -> dict:
+  m = config.model
+  for name in ("d_model", "n_layers", "n_heads", "d_mlp", "seq_len", "batch"):
+    v = m[name] if name in m else config.data[name]
+    if not isinstance(v, int) or v <= 0:
+      raise ConfigError(f"{name}={v!r}: expected a positive integer")
+  if m.d_model % m.n_heads:
+    raise ConfigError(f"model.d_model={m.d_model}: expected a multiple of n_heads={m.n_heads}")
+  loop.validate_train_config(config)
+  data, _ = parallel.resolve_axis_sizes(config.mesh.data, config.mesh.model, jax.device_count())
+  if config.data.batch % data:
+    raise ConfigError(f"data.batch={config.data.batch}: expected a multiple of the data axis "
+                      f"size {data}")
+  steps = checkpoint_steps(config)
+  nm.lm_sample(m.d_model, m.d_mlp, 1, int(config.neuromfa.S), 0)   # S fits the layers
+  kw = nmfa_exp.validate(_nmfa_config(config), workdir)
+  ckpt_lib.check_directory(os.path.join(workdir, "checkpoints"))
+  return {"steps": steps, "spectrum_kw": kw}
+
+
+def _nmfa_config(config):
+  """The neuromfa experiment's fields, filled from config.neuromfa."""
+  c = ml_collections.ConfigDict(config.neuromfa.to_dict())
+  c.checkpoints = ()
+  return c
+
+
+def packed_corpus(config):
+  """Packed [N, seq_len + 1] ids of the default corpus, compacted vocabulary, held-out split."""
+  from jaxcode.models.lm import minilm_path
+  tok = hf.load_tokenizer(minilm_path())
+  n_docs = int(config.data.max_docs_per_source) or None
+  docs = corpus.default_corpus(n_docs)
+  packed = corpus.pack(docs, tok, int(config.data.seq_len) + 1, concat=True)
+  ids = packed.input_ids
+  used, compact = np.unique(ids, return_inverse=True)
+  ids = compact.reshape(ids.shape).astype(np.int32)
+  rng = np.random.default_rng(int(config.seed))
+  order = rng.permutation(len(ids))
+  n_eval = max(1, min(int(config.data.eval_sequences), len(ids) // 10))
+  return {"train": ids[order[n_eval:]], "train_mask": packed.attention_mask[order[n_eval:]],
+          "eval": ids[order[:n_eval]], "eval_mask": packed.attention_mask[order[:n_eval]],
+          "vocab": int(len(used)), "n_tokens": packed.n_tokens, "n_docs": len(docs)}
+
+
+def make_module(config, vocab: int):
+  import transformers
+  m = config.model
+  cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=int(config.data.seq_len),
+                                n_embd=int(m.d_model), n_layer=int(m.n_layers),
+                                n_head=int(m.n_heads), n_inner=int(m.d_mlp),
+                                activation_function="gelu_new",
+                                bos_token_id=None, eos_token_id=None)
+  return gpt2.from_hf_config(cfg), cfg
+
+
+def init_params(module, key, init_std: float):
+  """GPT-2's init: kernels and embeddings N(0, init_std^2), biases 0, LayerNorms 1/0."""
+  params = module.init(key, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32),
+                       module.n_layers, True)["params"]
+  flat = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(key, len(flat[0]))
+  out = []
+  for (path, x), k in zip(flat[0], keys):
+    name = parallel.path_str(path)
+    out.append(init_std * jax.random.normal(k, x.shape, x.dtype)
+               if name.endswith(("kernel", "embedding")) else x)
+  return jax.tree_util.tree_unflatten(flat[1], out)
+
+
+def lm_loss(module, params, ids_BT, mask_BT):
+  """Mean next-token cross entropy over positions whose target is a real token."""
+  x, y = ids_BT[:, :-1], ids_BT[:, 1:]
+  m = (mask_BT[:, 1:] * mask_BT[:, :-1]).astype(jnp.float32)
+  logits = module.apply({"params": params}, x, mask_BT[:, :-1], module.n_layers, True)["logits"]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+def make_task(config, module, data, tx) -> loop.Task:
+  n, batch, seed = len(data["train"]), int(config.data.batch), int(config.seed)
+
+  def host_batch(step):
+    rows = np.random.default_rng([seed, int(step)]).integers(0, n, batch)
+    return {"ids": data["train"][rows], "mask": data["train_mask"][rows].astype(np.int32)}
+
+  def loss(params, aux, b, key, step):
+    return lm_loss(module, params, b["ids"], b["mask"]), ({}, aux)
+
+  meta = {"model_type": "gpt2", "vocab": data["vocab"], "d_model": module.d_model,
+          "n_layers": module.n_layers}
+  return loop.Task(init=lambda k: (init_params(module, k, float(config.model.init_std)), {}),
+                   loss=loss, batch=host_batch, param_rules=hf.SHARDING_RULES, tx=tx,
+                   meta=meta)
+
+
+def train_segments(config, task, workdir, steps, mesh) -> dict[int, float]:
+  """Trains to each checkpoint step in turn; returns the training loss at each step."""
+  losses = {}
+  for s in steps:
+    seg = ml_collections.ConfigDict(config.to_dict())
+    seg.steps = s
+    seg.checkpoint.every = int(config.steps)
+    seg.checkpoint.keep = len(steps) + 1
+    seg.optim.schedule, seg.optim.warmup_steps = "constant", 0   # only validated: task.tx rules
+    res = loop.train(task, seg, workdir, mesh=mesh,
+                     on_metrics=lambda i, m: losses.__setitem__(i, float(m["loss"])))
+    del res
+  return losses
+
+
+def logged_losses(workdir: str) -> dict[int, float]:
+  out = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        rec = json.loads(line)
+        if "loss" in rec:
+          out[int(rec["step"])] = float(rec["loss"])
+  return out
+
+
+def run(config, workdir: str, mesh=None) -> dict:
+  parallel.maybe_initialize_from_config(config.distributed)
+  v = validate(config, workdir)
+  mesh = mesh if mesh is not None else parallel.mesh_from_config(config.mesh)
+  steps = v["steps"]
+  if parallel.is_main_process():
+    common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  data = packed_corpus(config)
+  module, _ = make_module(config, data["vocab"])
+  tx = optim.make_optimizer(config.optim, int(config.steps))
+  task = make_task(config, module, data, tx)
+  live = train_segments(config, task, workdir, steps, mesh)
+  logged = logged_losses(workdir)
+  train_loss = [None] + [live.get(s, logged.get(s)) for s in steps]
+
+  params0 = init_params(module, jax.random.PRNGKey(int(config.seed)), float(config.model.init_std))
+  series = [jax.tree.map(np.asarray, params0)]
+  series += [nmfa_exp.orbax_params(workdir, s) for s in steps]
+  eval_fn = jax.jit(lambda p: lm_loss(module, p, data["eval"], data["eval_mask"]))
+  eval_loss = [float(eval_fn(p)) for p in series]
+  labelled = [(f"{workdir}@{s}", p) for s, p in zip([0] + steps, series)]
+  out = nmfa_exp.analyse(_nmfa_config(config), labelled, v["spectrum_kw"])
+  for rec, s, tl, el in zip(out["checkpoints"], [0] + steps, train_loss, eval_loss):
+    rec.update(step=s, train_loss=tl, eval_loss=el)
+  out = {"experiment": "emergence", "variant": config.get("variant", ""),
+         "vocab": data["vocab"], "train_sequences": len(data["train"]),
+         "corpus_tokens": data["n_tokens"], "corpus_docs": data["n_docs"],
+         "device_count": jax.device_count(), **out}
+  out["table"] = [{k: r[k] for k in ("step", "train_loss", "eval_loss", "alpha0", "width",
+                                     "emergence", "null_alpha0", "null_width", "null_emergence")}
+                  for r in out["checkpoints"]]
+  if parallel.is_main_process():
+    out["figures"] = nmfa_exp.write_figures(out, os.path.join(workdir, "figures"),
+                                            losses={"train (last batch)": train_loss, "held-out": eval_loss})
+    common.write_json(os.path.join(workdir, "results.json"), out)
+  return out
