@@ -48,10 +48,11 @@ def eigenspectra(results: dict, path: str) -> str:
 
 def slope_vs_layer(results: dict, path: str) -> str:
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  for ctx, rows in results["table"].items():
+  for i, (ctx, rows) in enumerate(results["table"].items()):
     layers = [r["layer"] for r in rows]
-    ax.plot(layers, [r["slope"] for r in rows], "o-", label=f"{ctx} (OLS)")
-    ax.plot(layers, [r["slope_stringer"] for r in rows], "s:", label=f"{ctx} (Stringer)")
+    ax.plot(layers, [r["slope"] for r in rows], "o-", color=f"C{i}", label=f"{ctx} (OLS)")
+    ax.plot(layers, [r["slope_stringer"] for r in rows], "s:", color=f"C{i}",
+            label=f"{ctx} (Stringer)")
   ax.axhline(-1.0, color="0.5", lw=0.8, ls="--", label="slope -1")
   ax.set_xlabel("layer (0 = embeddings)"); ax.set_ylabel("power-law slope")
   ax.set_title(f"{results['model']}: eigenspectrum slope against layer", fontsize=9)
