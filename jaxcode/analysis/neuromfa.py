@@ -19,6 +19,10 @@ algorithm) or 'multihop' (shortest paths lam*sum|w|^p + gamma*hops, ball counts 
 declared radius grid, the NeuroMFA node-centred estimator over a declared window).
 Emergence E(t) = w(t)/w(0) * ln(alpha0(0)/alpha0(t)) with a matched null: every sampled
 kernel replaced by i.i.d. Gaussian weights with the std of its full layer, same sampling.
+
+Transformer LMs (GPT-2, GPT-NeoX, BERT trees of jaxcode.models.lm): lm_blocks, lm_sample,
+lm_network (the released model2network.py block layout, optional residual edges),
+network_null, network_spectrum, analyse_lm_series; see the section below.
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ def run(config, workdir: str, mesh=None) -> dict:
   logged = logged_losses(workdir)
   train_loss = [None] + [live.get(s, logged.get(s)) for s in steps]
 
-  params0 = init_params(module, jax.random.PRNGKey(int(config.seed)), float(config.model.init_std))
+  init = jax.jit(lambda k: init_params(module, k, float(config.model.init_std)))
+  params0 = init(jax.random.PRNGKey(int(config.seed)))    # the loop's step-0 params
   series = [jax.tree.map(np.asarray, params0)]
   series += [nmfa_exp.orbax_params(workdir, s) for s in steps]
   eval_fn = jax.jit(lambda p: lm_loss(module, p, data["eval"], data["eval_mask"]))
