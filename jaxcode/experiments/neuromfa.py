@@ -63,7 +63,7 @@ def parse_spec(spec: str) -> tuple[str, str, Any]:
     return "hub", ident, rev or None
   if spec.startswith("orbax:"):
     path, _, step = spec[6:].partition("@")
-    steps = ckpt_lib.check_directory(os.path.join(path, "checkpoints"))
+    steps = sorted(ckpt_lib.check_directory(os.path.join(path, "checkpoints")))  # numeric order
     if not steps:
       raise ConfigError(f"checkpoint {spec!r}: no orbax checkpoints under {path}/checkpoints")
     if step:
