@@ -1,0 +1,130 @@
+"""The feature atlas of a language model: one command from a fresh machine to a report.
+
+  python -m launch.atlas --config=configs/atlas.py --workdir=/tmp/atlas_minilm
+  python -m launch.atlas --config=configs/atlas.py:gpt2 --workdir=/tmp/atlas_gpt2      # Hub id
+  python -m launch.atlas --config=configs/atlas.py:pythia --workdir=/tmp/atlas_pythia  # Hub id
+  python -m launch.atlas --config=configs/atlas.py:bert --workdir=/tmp/atlas_bert      # Hub id
+  python -m launch.atlas --config=configs/atlas.py:tiny --workdir=/tmp/atlas_tiny      # seconds
+
+Any checkpoint by path: --config.model=/ckpt/my-gpt2 (GPT-2, GPT-NeoX or BERT safetensors).
+Some blocks only: --config.layers='(0,3,5)'. Rerunning the same command reuses every finished
+stage (extract/, sae/layer_<i>/, estimates/layer_<i>.json, four_properties/, neuromfa/).
+
+Why the default sizes (the whole default must finish in about 12 minutes on 2 CPU cores):
+extraction runs at about 800 MiniLM tokens/s on 2 cores, so 128 rows x 128 tokens (about
+15.6k cached tokens, roughly half prose and half code, about 20 s) keep it short while leaving
+30x more tokens than the SAE's 384 x 2 = 768 latents. Each layer's TopK SAE (768 latents,
+k = 16, 400 steps of 256 tokens, about 7 passes over the cache) trains in well under a minute
+on 2 cores; 6 layers one after another stay within about 4 minutes. The estimators see 4000
+activation tokens per layer (TwoNN/MLE k-NN on 4000 x 384 is a few seconds), the galaxy
+statistics use a 100-rank PCA with 10 bootstrap resamples, the lobes 2 affinities and 3
+cluster counts with 20 null permutations (spectral clustering of ~700 features dominates).
+NeuroMFA uses the released 64 sampled neurons per layer with its Gaussian null.
+"""
+
+from ml_collections import ConfigDict
+
+from configs import sae as sae_configs
+
+VARIANTS = ("minilm", "gpt2", "pythia", "bert", "tiny")
+MODELS = dict(minilm="minilm", gpt2="gpt2", pythia="EleutherAI/pythia-70m",
+              bert="bert-base-uncased", tiny="minilm")
+
+
+def get_config(variant: str = "minilm") -> ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+  c = ConfigDict()
+  c.variant = variant            # written into results.json
+  c.model = MODELS[variant]      # 'minilm' (embedded all-MiniLM-L6-v2), a checkpoint dir or Hub id
+  c.revision = ""                # Hub revision ('' = default branch; local dirs take none)
+  c.layers = ()                  # blocks analysed (residual stream after block i); () = every block
+  c.seed = 0                     # subsampling, SAE data order, nulls
+  c.progress = True              # one progress line per stage on stderr
+  c.extract = ConfigDict(dict(
+      corpus="default:40",       # corpus spec (jaxcode.data.corpus.load_corpus): 40 prose + 40
+                                 # code documents of the offline default corpus
+      seq_len=128,               # tokens per packed row, special tokens included
+      max_tokens=16_384,         # packed positions fed to the model (128 rows, evenly spaced)
+      batch_size=32,             # rows per forward (a multiple of the device count)
+      rows_per_chunk=32,         # cache chunk: the resume unit
+      dtype="float32"))          # cache dtype
+  t = sae_configs.get_config("topk")
+  t.unlock()
+  t.steps = 400                  # ~7 epochs of the ~15.6k cached tokens at batch 256
+  t.log_every = 100
+  t.checkpoint.every = 200       # a killed run resumes from here
+  t.optim.warmup_steps = 20
+  t.sae.d_sae = 768              # 2 x MiniLM's 384; set to 0 for 2 x the model width
+  t.sae.k = 16                   # active latents per token
+  t.sae.dead_tokens = 256 * 100  # dead after 100 steps without firing
+  t.eval.tokens = 2048           # held-out (sampled) tokens for the SAE metrics
+  t.eval.batch_size = 1024
+  t.norm_sample_tokens = 2048
+  c.sae_train = t                # the SAE experiment's config; data is set per layer
+  c.estimates = ConfigDict(dict(
+      tokens=4000,               # activation tokens per layer for TwoNN / MLE / galaxy
+      twonn_discard=0.1,         # TwoNN: fraction of largest ratios discarded
+      mle_k=20,                  # Levina-Bickel neighbours
+      lo=11, hi=150,             # 1-based inclusive power-law rank window (galaxy notebook)
+      pca_dim=100,               # clustering entropy: PCA dimension
+      theta=0.01,                # clustering entropy: ln(rho + theta)
+      n_boot=10,                 # notebook clustering entropy bootstrap resamples
+      n_boot_corrected=5))       # corrected clustering entropy subsamples
+  c.lobes = ConfigDict(dict(
+      block_len=42,              # tokens per co-occurrence block (3 blocks per 126-token row)
+      threshold=0.2,             # a feature fires when its code exceeds this (raw units)
+      cluster_counts=(2, 3, 4),  # spectral clusterings into k lobes
+      affinities=("phi", "jaccard"),  # functional affinities of co-occurrence
+      n_null_ami=20,             # label permutations for the AMI null
+      n_null_probe=5,            # random-vector draws for the probe null
+      batch_rows=8))             # rows per on-device accumulation step
+  c.four_properties = ConfigDict(dict(
+      template="This is a sentence about {word}.",  # concept words' context sentence
+      categories_file="",        # '' = jaxcode/resources/concepts/categories.json
+      relations_file="",         # '' = jaxcode/resources/concepts/relations.json
+      batch=64,                  # sentences per forward
+      probe_dim=8, probe_folds=5,  # precision probe (PCA dims, CV folds)
+      lo=2, hi=100))             # eigenspectrum rank window of the concept representations
+  c.neuromfa = ConfigDict(dict(
+      enabled=True,              # the weights' multifractal spectrum with its null
+      S=64,                      # sampled neurons per layer (released model2network.py)
+      seeds=(0,),                # index samples
+      null_seed=1))              # seed of the i.i.d. Gaussian null's weights
+  if variant == "tiny":          # what the tests run: MiniLM, 2 blocks, ~500 tokens
+    c.layers = (0, 1)
+    c.extract.corpus = "default:3"
+    c.extract.seq_len = 34
+    c.extract.max_tokens = 34 * 16
+    c.extract.batch_size = 8
+    c.extract.rows_per_chunk = 8
+    t.steps = 30
+    t.log_every = 10
+    t.checkpoint.every = 10
+    t.optim.warmup_steps = 5
+    t.batch_size = 64
+    t.sae.d_sae = 64
+    t.sae.k = 4
+    t.sae.dead_tokens = 64 * 20
+    t.eval.tokens = 256
+    t.eval.batch_size = 256
+    t.norm_sample_tokens = 256
+    c.estimates.tokens = 400
+    c.estimates.mle_k = 10
+    c.estimates.lo, c.estimates.hi = 2, 12
+    c.estimates.pca_dim = 12
+    c.estimates.n_boot = 2
+    c.estimates.n_boot_corrected = 2
+    c.lobes.block_len = 8
+    c.lobes.threshold = 0.0
+    c.lobes.cluster_counts = (2, 3)
+    c.lobes.affinities = ("phi",)
+    c.lobes.n_null_ami = 5
+    c.lobes.n_null_probe = 4
+    c.four_properties.batch = 32
+    c.four_properties.probe_dim = 4
+    c.four_properties.probe_folds = 2
+    c.four_properties.hi = 10
+    c.neuromfa.S = 8
+  c.lock()
+  return c

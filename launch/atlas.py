@@ -1,0 +1,25 @@
+"""The feature atlas of a language model (defaults: embedded MiniLM, every block).
+
+python -m launch.atlas --config=configs/atlas.py --workdir=DIR
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxcode.experiments import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/atlas.py", "Experiment config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from jaxcode.experiments import atlas
+  common.run_main(lambda: atlas.run(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  common.app_run(main)
