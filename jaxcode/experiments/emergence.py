@@ -189,7 +189,7 @@ def run(config, workdir: str, mesh=None) -> dict:
   series += [nmfa_exp.orbax_params(workdir, s) for s in steps]
   eval_fn = jax.jit(lambda p: lm_loss(module, p, data["eval"], data["eval_mask"]))
   eval_loss = [float(eval_fn(p)) for p in series]
-  labelled = [(f"{workdir}@{s}", p) for s, p in zip([0] + steps, series)]
+  labelled = [(f"step{s}", p) for s, p in zip([0] + steps, series)]
   out = nmfa_exp.analyse(_nmfa_config(config), labelled, v["spectrum_kw"])
   for rec, s, tl, el in zip(out["checkpoints"], [0] + steps, train_loss, eval_loss):
     rec.update(step=s, train_loss=tl, eval_loss=el)
