@@ -122,7 +122,7 @@ def test_gpt2_table_matches_skdim_on_unbatched_representations(tmp_path):
                              rtol=1e-5)
   lm = load_pretrained(os.path.join(FIX, "gpt2"))
   words = [w for k, ws in CATS["categories"].items() if k != "unknown" for w in ws]
-  for ctx in exp.CONTEXTS:
+  for ctx in ("template",):   # the context where the word is not at a fixed position
     x = []
     for w in words:
       text, s, e = exp.contexts_for(w, "this is {word}")[ctx]
