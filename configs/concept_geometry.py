@@ -39,10 +39,10 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.sae_tokens = 40_000          # tokens per layer written for SAE training (subsample)
   t = sae_configs.get_config("topk")
   t.unlock()
-  t.steps = 600
-  t.log_every = 200
-  t.checkpoint.every = 600
-  t.sae.d_sae = 1536             # 4 x d_model
+  t.steps = 300
+  t.log_every = 100
+  t.checkpoint.every = 300
+  t.sae.d_sae = 1024             # ~2.7 x d_model
   t.sae.k = 16
   t.eval.tokens = 4096
   c.sae_train = t                # the SAE experiment's config (configs/sae.py:topk), data set here
@@ -54,7 +54,9 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.lobes = ConfigDict(dict(
       layers=(3,),               # blocks whose SAE features are clustered
       block_len=256,             # tokens per co-occurrence block (non-overlapping)
-      threshold=1.0,             # a feature fires when its code exceeds this
+      threshold=0.2,             # a feature fires when its code exceeds this (raw units; the
+                                 # paper's 1.0 is for Gemma-2 residuals of norm ~100s; MiniLM's
+                                 # have norm ~13 and TopK codes median ~0.1, 99th pct ~0.4)
       cluster_counts=(2, 3, 4, 8, 16),
       affinities=AFFINITIES,     # functional affinities (phi is used as phi + 1)
       n_null_ami=100,            # label permutations for the AMI null

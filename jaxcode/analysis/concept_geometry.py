@@ -258,7 +258,10 @@ def spectral_labels(affinity_MM, n_clusters: int, seed: int = 42) -> np.ndarray:
 def _z(value, null) -> dict:
   null = np.asarray(null, np.float64)
   mu, sd = float(null.mean()), float(null.std(ddof=1)) if null.size > 1 else float("nan")
-  z = (value - mu) / sd if sd and sd > 0 else float("inf") if value != mu else 0.0
+  # a null with (numerically) no spread: sigma is undefined (inf -> null in JSON)
+  if not sd > 1e-9 * max(1.0, abs(mu)):
+    return {"null_mean": mu, "null_sd": sd, "sigma": float("inf") if value != mu else 0.0}
+  z = (value - mu) / sd
   return {"null_mean": mu, "null_sd": sd, "sigma": float(z)}
 
 
@@ -347,13 +350,14 @@ def lobes(c_MM, t: int, w_dec_MD, cluster_counts: Sequence[int] = (2, 4, 8),
   if w.shape[0] != np.shape(c_MM)[0]:
     raise ConfigError(f"W_dec has {w.shape[0]} rows but the co-occurrence matrix is "
                       f"{np.shape(c_MM)}: expected one row per feature")
+  n_all = int(w.shape[0])
   active = active_features(c_MM)
   counts = check_clusters(len(active), cluster_counts)
   c = np.asarray(c_MM)[np.ix_(active, active)]
   w = w[active]
   aff = affinities(c, t, names)
   geo_aff = angular_similarity(w)
-  out = {"n_features": int(w.shape[0]), "n_active": int(len(active)), "blocks": int(t),
+  out = {"n_features": n_all, "n_active": int(len(active)), "blocks": int(t),
          "cluster_counts": counts, "affinities": {}, "labels": {}}
   for k in counts:
     geo = spectral_labels(geo_aff, k, seed)
