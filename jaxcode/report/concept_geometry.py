@@ -76,7 +76,7 @@ def lobes_curves_figure(lobes_layer: dict, layer: int, path: str) -> str:
                 (axes[1], "probe balanced accuracy (test)")):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("clusters")
-    ax.set_title(f"layer {layer}: {t}; bands: null mean +- 2 sd")
+    ax.set_title(f"layer {layer}: {t}\nbands: null mean +- 2 sd", fontsize=9)
   axes[0].legend(fontsize=7)
   return _save(fig, path)
 
