@@ -64,7 +64,8 @@ DEFINITIONS = {
                        "label-permutation null", "null standard deviations"),
     "lobe_probe_sigma": ("balanced accuracy of a logistic probe predicting the lobe from the "
                          "decoder direction, in standard deviations of its random-direction "
-                         "null", "null standard deviations"),
+                         "null; null (undefined) when every null draw scores the same",
+                         "null standard deviations"),
     "abstraction": ("concept words at this block's residual (template context): mean "
                     "inter-category over mean intra-category Euclidean distance; pass > 2.0",
                     "ratio"),
