@@ -459,7 +459,9 @@ def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh):
     return jnp.float32(0.0), jnp.zeros_like(x_BD)
 
   # Skipped entirely while no latent is dead (a select, not a skip, under the sweep's vmap).
-  return lax.cond(jnp.any(dead_M), compute, skip, params, pre_BM, x_BD)
+  # jax.checkpoint: the branch saves no residuals of its own (a [B, k_aux, D] gather would
+  # otherwise be materialised, as zeros, even on steps where the branch is skipped).
+  return lax.cond(jnp.any(dead_M), jax.checkpoint(compute), skip, params, pre_BM, x_BD)
 
 
 def auxk_decode(cfg, params, vals_BK, idx_BK):
