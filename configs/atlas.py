@@ -17,13 +17,13 @@ cached tokens, 20-30 s) keep it short while leaving 20x more tokens than the SAE
 files are much longer than its 40 prose documents: about 85% of the tokens are code, 15% prose
 (2,400 tokens), enough blocks of each for the code-vs-prose lobes. Each layer's TopK SAE (768
 latents, k = 16, 400 steps of 256 tokens, about 6.5 passes over the cache; explained variance
-0.79-0.91) is the largest stage: 50-150 s per layer measured on 2 cores shared with other jobs
-(load average ~11). The estimators see 4000 activation tokens per layer (TwoNN/MLE k-NN on
+0.79-0.91) is the largest stage: 20-33 s per layer on 2 nearly idle cores (50-150 s when
+they were shared with other jobs, load average ~11). The estimators see 4000 activation tokens per layer (TwoNN/MLE k-NN on
 4000 x 384), the galaxy statistics a 100-dimensional PCA with 10 bootstrap resamples, the lobes
-2 affinities x 3 cluster counts with 20 null permutations: 10-60 s per layer. The four
+2 affinities x 3 cluster counts with 20 null permutations: 8-14 s per layer (idle). The four
 properties (concept words only) and NeuroMFA (the released 64 sampled neurons per layer, with
-its Gaussian null) take seconds. Measured end to end on 2 loaded cores: 13.7 min wall, 415 s
-user + 169 s system CPU.
+its Gaussian null) take seconds. Measured end to end from scratch on 2 cores: 4.2 min wall at
+load average 0.9-2.6 (258 s user + 163 s system CPU); 13.7 min wall at load average ~11.
 """
 
 from ml_collections import ConfigDict
