@@ -12,14 +12,14 @@ stage (extract/, sae/layer_<i>/, estimates/layer_<i>.json, four_properties/, neu
 
 Why the default sizes (the whole default should finish in about 12 minutes on 2 CPU cores):
 extraction runs at about 800 MiniLM tokens/s on 2 cores, so 128 rows x 128 tokens (15,820
-cached tokens, 20-30 s) keep it short while leaving 20x more tokens than the SAE's 384 x 2 =
+cached tokens, 6 s idle, 23-27 s loaded) keep it short while leaving 20x more tokens than the SAE's 384 x 2 =
 768 latents. The rows are spaced evenly over the packed 'default:40' corpus, whose 40 code
 files are much longer than its 40 prose documents: about 85% of the tokens are code, 15% prose
 (2,400 tokens), enough blocks of each for the code-vs-prose lobes. Each layer's TopK SAE (768
 latents, k = 16, 400 steps of 256 tokens, about 6.5 passes over the cache; explained variance
 0.79-0.91) is the largest stage: 20-33 s per layer on 2 nearly idle cores (50-150 s when
-they were shared with other jobs, load average ~11). The estimators see 4000 activation tokens per layer (TwoNN/MLE k-NN on
-4000 x 384), the galaxy statistics a 100-dimensional PCA with 10 bootstrap resamples, the lobes
+they were shared with other jobs, load average ~11). The estimators see 4000 activation
+tokens per layer (TwoNN/MLE k-NN on 4000 x 384), the galaxy statistics a 100-dimensional PCA with 10 bootstrap resamples, the lobes
 2 affinities x 3 cluster counts with 20 null permutations: 8-14 s per layer (idle). The four
 properties (concept words only) and NeuroMFA (the released 64 sampled neurons per layer, with
 its Gaussian null) take seconds. Measured end to end from scratch on 2 cores: 4.2 min wall at
