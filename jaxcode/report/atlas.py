@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxcode.report.common import save_figure  # noqa: E402
 
 PROPERTIES = ("abstraction", "precision", "specificity", "systematicity")
 
@@ -166,12 +167,7 @@ def numbers(obj, path: str = ""):
 # ------------------------------------------------------------------ figures
 
 def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return save_figure(fig, path, dpi=100)
 
 
 def _col(rows, k):

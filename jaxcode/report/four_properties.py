@@ -10,17 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxcode.report.common import save_figure as _save  # noqa: E402
 
 PROPERTIES = ("abstraction", "precision", "specificity", "systematicity")
-
-
-def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
 
 
 def eigenspectra(results: dict, path: str) -> str:

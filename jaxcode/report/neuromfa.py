@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-
-def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+from jaxcode.report.common import save_figure as _save  # noqa: E402
 
 
 def _arr(rec: dict, key: str) -> np.ndarray:
