@@ -17,7 +17,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxcode.experiments import four_properties
-  common.run_main(lambda: four_properties.run(_CONFIG.value, _WORKDIR.value))
+  common.run_main(lambda: four_properties.run(_CONFIG.value, common.absolute_workdir(_WORKDIR.value)))
 
 
 if __name__ == "__main__":

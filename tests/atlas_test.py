@@ -67,13 +67,19 @@ def _mtimes(wd):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-  """Runs the atlas stopped after the SAE stage, then reruns it to the end."""
+  """Runs the atlas stopped after the SAE stage, then reruns it to the end, with a workdir
+  relative to the current directory, as the README's command gives it."""
   tmp = str(tmp_path_factory.mktemp("atlas"))
   wd = os.path.join(tmp, "run")
   cfg = _config(tmp)
-  part = atlas.run(cfg, wd, stop_after="sae")
-  before = _mtimes(wd)
-  res = atlas.run(cfg, wd)
+  cwd = os.getcwd()
+  os.chdir(tmp)
+  try:
+    part = atlas.run(cfg, "run", stop_after="sae")
+    before = _mtimes(wd)
+    res = atlas.run(cfg, "run")
+  finally:
+    os.chdir(cwd)
   return dict(wd=wd, cfg=cfg, part=part, before=before, after=_mtimes(wd), res=res)
 
 

@@ -401,7 +401,8 @@ def run(config, workdir: str, stop_after: str | None = None) -> dict:
   from jaxcode.report import atlas as report
   results = report.assemble(config, plan, ext, saes, est, fp, nm)
   results["seconds_this_invocation"] = dict(seconds, total=time.time() - t0)
-  results["figures"] = report.write_figures(results, os.path.join(workdir, "figures"))
+  figures = report.write_figures(results, os.path.join(workdir, "figures"))
+  results["figures"] = [os.path.relpath(f, workdir) for f in figures]   # portable workdir
   common.write_json(os.path.join(workdir, "results.json"), results)
   report.write_html(_read_json(os.path.join(workdir, "results.json")), workdir)
   _log(config, f"done in {time.time() - t0:.0f} s -> {os.path.join(workdir, 'report.html')}")

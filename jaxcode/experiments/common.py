@@ -12,6 +12,13 @@ from typing import Any, Callable
 from jaxcode.parallel import ConfigError
 
 
+def absolute_workdir(workdir: str | None) -> str:
+  """The --workdir flag as an absolute path (stages store paths relative to it)."""
+  if not workdir:
+    raise ConfigError("--workdir is empty: expected a directory to write the run into")
+  return os.path.abspath(os.path.expanduser(workdir))
+
+
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and proves it writable, before any compute."""
   if not workdir:
