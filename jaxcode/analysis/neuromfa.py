@@ -222,6 +222,18 @@ def _summary(specs: Sequence[mf.Spectrum], filter_mode: int) -> dict:
           "width_fd": mean("width_fd"), "kept_samples": len(kept)}
 
 
+def _check_series_args(params_series, mode, filter_mode, seeds) -> None:
+  """The argument checks every series analysis makes before any compute."""
+  if len(params_series) == 0:
+    raise ConfigError("params_series=[]: expected at least one checkpoint")
+  if mode not in MODES:
+    raise ConfigError(f"mode={mode!r}: expected one of {MODES}")
+  if filter_mode not in FILTER_MODES:
+    raise ConfigError(f"filter_mode={filter_mode}: expected one of {FILTER_MODES}")
+  if len(seeds) == 0:
+    raise ConfigError("seeds=(): expected at least one sampling seed")
+
+
 def analyse_series(params_series: Sequence[Any], S: int | None = 64, seeds: Sequence[int] = (0,),
                    null_seed: int = 1, mode: str = "paper", filter_mode: int = 0,
                    **spectrum_kw) -> dict:
@@ -232,14 +244,7 @@ def analyse_series(params_series: Sequence[Any], S: int | None = 64, seeds: Sequ
   from those means. The null redraws per checkpoint and sample with the checkpoint's
   per-layer std. Spectrum arrays are those of the first sample. JSON-ready output.
   """
-  if len(params_series) == 0:
-    raise ConfigError("params_series=[]: expected at least one checkpoint")
-  if mode not in MODES:
-    raise ConfigError(f"mode={mode!r}: expected one of {MODES}")
-  if filter_mode not in FILTER_MODES:
-    raise ConfigError(f"filter_mode={filter_mode}: expected one of {FILTER_MODES}")
-  if len(seeds) == 0:
-    raise ConfigError("seeds=(): expected at least one sampling seed")
+  _check_series_args(params_series, mode, filter_mode, seeds)
   series = [kernels_from_params(p) for p in params_series]
   shapes0 = [k.shape for k in series[0]]
   for t, ks in enumerate(series[1:], 1):
@@ -431,14 +436,7 @@ def analyse_lm_series(params_series: Sequence[Any], model_type: str | None = Non
   One lm_sample per seed, reused across the series; the null redraws each real-weight
   kernel per checkpoint and sample at its checkpoint's full-layer std.
   """
-  if len(params_series) == 0:
-    raise ConfigError("params_series=[]: expected at least one checkpoint")
-  if mode not in MODES:
-    raise ConfigError(f"mode={mode!r}: expected one of {MODES}")
-  if filter_mode not in FILTER_MODES:
-    raise ConfigError(f"filter_mode={filter_mode}: expected one of {FILTER_MODES}")
-  if len(seeds) == 0:
-    raise ConfigError("seeds=(): expected at least one sampling seed")
+  _check_series_args(params_series, mode, filter_mode, seeds)
   types = [lm_model_type(p) for p in params_series]
   model_type = model_type or types[0]
   series = [lm_blocks(p) for p in params_series]
