@@ -232,22 +232,31 @@ def test_sharded_topk_selects_global_topk():
   assert float(kth) == float(np.sort(np.asarray(x).ravel())[::-1][16])
 
 
-def test_sparse_decode_equals_dense():
+@pytest.mark.parametrize("dead_tokens", [1, 10**9])   # AuxK active on a third of latents / off
+def test_sparse_decode_equals_dense(dead_tokens):
+  """The sparse TopK path (custom VJPs, one backward loop for TopK and AuxK ranks) against
+  JAX's own autodiff of the dense path: same loss, metrics and gradients, single SAE and a
+  vmapped sweep of k."""
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)
-  outs = []
-  for sparse in (False, True):
-    cfg = sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, k=(4, 2), k_aux=4, dead_tokens=1,
-                        sparse_decode=sparse)
-    params, aux = sae.make_init(cfg, np.asarray(x))(jax.random.key(0))
-    aux["tokens_since_fired"] = aux["tokens_since_fired"].at[:, ::3].set(1)
-    outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(params, aux, x,
-                                                                           None, 0))
-  (l0, (m0, _)), g0 = outs[0]
-  (l1, (m1, _)), g1 = outs[1]
-  np.testing.assert_allclose(l1, l0, rtol=1e-5)
-  for k in g0:
-    np.testing.assert_allclose(g1[k], g0[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  for ks in (4, (4, 2)):
+    outs = []
+    for sparse in (False, True):
+      cfg = sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, k=ks, k_aux=4,
+                          dead_tokens=dead_tokens, sparse_decode=sparse)
+      params, aux = sae.make_init(cfg, np.asarray(x))(jax.random.key(0))
+      aux["tokens_since_fired"] = aux["tokens_since_fired"].at[:, ::3].set(1)
+      outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(
+          params, aux, x, None, 0))
+    (l0, (m0, _)), g0 = outs[0]
+    (l1, (m1, _)), g1 = outs[1]
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for k in m0:
+      np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    if dead_tokens == 1:
+      assert float(m0["aux_loss"] if "aux_loss" in m0 else m0["aux_loss/0"]) > 0
+    for k in g0:
+      np.testing.assert_allclose(g1[k], g0[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
 def test_unit_norm_decoder_gradient_is_projected():
@@ -290,3 +299,13 @@ def test_bad_input_one_line(kwargs, data_d, mesh_model, msg):
   with pytest.raises(parallel.ConfigError, match=msg) as e:
     sae.validate(cfg, mesh, data_d)
   assert "\n" not in str(e.value)
+
+
+def test_sparse_decode_choice():
+  """'auto' resolves per backend from the benchmark's table; a bad value is one clear line."""
+  auto = sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, k=4)
+  assert auto.sparse_decode is sae.SPARSE_TOPK_FASTER.get(jax.default_backend(), False)
+  assert sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, sparse_decode="dense").sparse_decode \
+      is False
+  with pytest.raises(parallel.ConfigError, match=r"sae.sparse_decode='fast'"):
+    sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, sparse_decode="fast")

@@ -65,6 +65,12 @@ UNIT_NORM_DECODER = ("relu_classic", "topk", "batchtopk", "matryoshka", "jumprel
 SUBTRACT_B_DEC = ("relu_classic", "topk", "batchtopk", "matryoshka")
 NORMALISATIONS = ("none", "unit_mean_sq", "sqrt_d")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
+SPARSE_DECODE_CHOICES = ("auto", "sparse", "dense")
+# Which TopK path sparse_decode="auto" takes on each backend: the faster one in
+# configs/bench/sae.py (topk_faster_path).  CPU, 2 cores, d_in 768, d_sae 16384, k 32, batch
+# 2048: sparse 0.35 of the dense ReLU step, dense TopK 1.2.  GPU and TPU have not been
+# measured by this project yet, so they keep the dense matmul path.
+SPARSE_TOPK_FASTER = {"cpu": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +99,18 @@ class SAEConfig:
   dec_init_norm: float = 1.0                      # decoder row norm at init
   b_dec_init: str = "mean"                        # zeros | mean | geometric_median
   normalisation: str = "unit_mean_sq"             # none | unit_mean_sq | sqrt_d
-  sparse_decode: bool = False                     # topk: gather-and-sum decode and encoder grads
+  sparse_decode: bool | str = "auto"              # topk: sparse decode and encoder gradients;
+                                                  # "auto": SPARSE_TOPK_FASTER[backend]
+
+  def __post_init__(self):
+    v = self.sparse_decode
+    if isinstance(v, str):
+      if v not in SPARSE_DECODE_CHOICES:
+        raise ConfigError(f"sae.sparse_decode={v!r}: expected one of {SPARSE_DECODE_CHOICES} "
+                          "or a bool")
+      v = (SPARSE_TOPK_FASTER.get(jax.default_backend(), False) if v == "auto"
+           else v == "sparse")
+    object.__setattr__(self, "sparse_decode", bool(v))
 
   @property
   def ks(self) -> tuple[int, ...]:
@@ -243,6 +260,15 @@ def make_init(cfg: SAEConfig, x_sample_ND) -> Callable[[jax.Array], tuple[Any, A
 
 # ------------------------------------------------------------------ custom gradients
 
+def _row_sq_norms(w_MD):
+  """sum_d w[m, d]^2 as [M, 1], by a matrix-vector product with ones.  On XLA:CPU the plain
+  row reduction, fused with the optimizer update before it, ran as a YNNPACK fusion that
+  materialised scalar broadcasts at full size: Adam + row renormalisation of two
+  [16384, 768] matrices took 128 ms with jnp.linalg.norm and 45 ms with this."""
+  return jnp.matmul(w_MD * w_MD, jnp.ones((w_MD.shape[-1], 1), w_MD.dtype),
+                    precision=lax.Precision.HIGHEST)
+
+
 @jax.custom_vjp
 def _project_rows(w_MD):
   """Identity whose gradient has each row's component along that row removed."""
@@ -254,8 +280,9 @@ def _project_rows_fwd(w):
 
 
 def _project_rows_bwd(w, g):
-  along = jnp.sum(g * w, -1, keepdims=True) / jnp.maximum(jnp.sum(w * w, -1, keepdims=True),
-                                                            1e-12)
+  ones = jnp.ones((w.shape[-1], 1), w.dtype)
+  along = (jnp.matmul(g * w, ones, precision=lax.Precision.HIGHEST)
+           / jnp.maximum(_row_sq_norms(w), 1e-12))
   return (g - along * w,)
 
 
@@ -376,15 +403,103 @@ def pre_activation(cfg: SAEConfig, params, x_BD):
   return jnp.einsum("bd,md->bm", xin, params["W_enc_MD"]) + params["b_enc"]
 
 
-def _gathered_pre(cfg, params, x_BD, idx_BK):
-  """Pre-activations at the chosen latents only: B*K*D work; its gradient is a scatter-add."""
+# The sparse TopK path.  Rows of a [M, D] matrix are gathered, combined and scatter-added one
+# rank at a time (a loop over the first n of K ranks, each a [B, D] slab), so no [B, K, D]
+# temporary is ever formed: a step costs B*n*D against the 2*B*M*D of a dense matmul.  n is a
+# traced count: K for the main codes, k_aux or 0 for AuxK (0 while no latent is dead).
+
+def _split_g(g_BD, g2_BD, k, split):
+  """The cotangent of rank k: g for ranks below `split`, g2 from there on."""
+  if g2_BD is None:
+    return g_BD
+  return jnp.where(k < split, g_BD, g2_BD)
+
+
+def _rows_dot(w_MD, x_BD, idx_BK, n, x2_BD=None, split=0):
+  """out[b, k] = x[b] . w[idx[b, k]] for ranks k < n (x2 instead of x from rank `split`),
+  0 beyond n."""
+  def body(k, out):
+    xk = _split_g(x_BD, x2_BD, k, split)
+    col = jnp.sum(xk * jnp.take(w_MD, idx_BK[:, k], axis=0), -1)
+    return lax.dynamic_update_slice_in_dim(out, col[:, None].astype(out.dtype), k, axis=1)
+  return lax.fori_loop(0, n, body, jnp.zeros(idx_BK.shape, x_BD.dtype))
+
+
+def _rows_combine(w_MD, v_BK, idx_BK, lo, hi):
+  """out[b] = sum_{lo <= k < hi} v[b, k] w[idx[b, k]]."""
+  def body(k, acc):
+    return acc + v_BK[:, k, None] * jnp.take(w_MD, idx_BK[:, k], axis=0)
+  return lax.fori_loop(lo, hi, body, jnp.zeros((idx_BK.shape[0], w_MD.shape[1]), w_MD.dtype))
+
+
+def _rows_scatter(v_BK, x_BD, idx_BK, n, m: int, x2_BD=None, split=0):
+  """out[M, D] with out[idx[b, k]] += v[b, k] x[b] for k < n (x2 instead of x from rank
+  `split`; repeated indices add up)."""
+  def body(k, acc):
+    return acc.at[idx_BK[:, k]].add(v_BK[:, k, None] * _split_g(x_BD, x2_BD, k, split))
+  return lax.fori_loop(0, n, body, jnp.zeros((m, x_BD.shape[1]), x_BD.dtype))
+
+
+@jax.custom_vjp
+def _sparse_selected(w_enc_MD, b_enc_M, xin_BD, vals_BK, idx_BK, n):
+  """Identity on vals = (xin W_enc^T + b_enc)[b, idx[b, k]] (taken from a stop-gradient dense
+  pre-activation); the backward pass routes the gradient of the first n ranks to W_enc, b_enc
+  and xin sparsely, at B*n*D cost instead of the dense path's 4*B*M*D (equal gradients:
+  tested)."""
+  del w_enc_MD, b_enc_M, xin_BD, idx_BK, n
+  return vals_BK
+
+
+def _sparse_selected_fwd(w_enc_MD, b_enc_M, xin_BD, vals_BK, idx_BK, n):
+  return vals_BK, (w_enc_MD, b_enc_M, xin_BD, vals_BK, idx_BK, n)
+
+
+def _sparse_selected_bwd(res, g_BK):
+  w, b, xin, vals, idx, n = res
+  g_BK = jnp.where(jnp.arange(idx.shape[1]) < n, g_BK, 0)
+  dw = _rows_scatter(g_BK, xin, idx, n, w.shape[0]).astype(w.dtype)
+  db = jnp.zeros_like(b).at[idx.reshape(-1)].add(g_BK.reshape(-1).astype(b.dtype))
+  dxin = _rows_combine(w, g_BK.astype(w.dtype), idx, 0, n).astype(xin.dtype)
+  return dw, db, dxin, jnp.zeros_like(vals), None, None
+
+
+_sparse_selected.defvjp(_sparse_selected_fwd, _sparse_selected_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _decode_sparse(w_dec_MD, vals_BK, idx_BK, n, split):
+  """The decoder as a gather-and-sum of the active rows, in two parts: (sum over ranks
+  k < split, sum over split <= k < n) of vals[b, k] W_dec[idx[b, k]] (the TopK codes and the
+  AuxK codes of one step, so one backward loop serves both).  Gradients: dvals = g . W_dec[idx]
+  and dW_dec = scatter-add of vals g (no dense [B, M])."""
+  return (_rows_combine(w_dec_MD, vals_BK, idx_BK, 0, jnp.minimum(n, split)),
+          _rows_combine(w_dec_MD, vals_BK, idx_BK, split, jnp.maximum(n, split)))
+
+
+def _decode_sparse_fwd(w_dec_MD, vals_BK, idx_BK, n, split):
+  return _decode_sparse(w_dec_MD, vals_BK, idx_BK, n, split), (w_dec_MD, vals_BK, idx_BK, n)
+
+
+def _decode_sparse_bwd(split, res, gs):
+  w, v, idx, n = res
+  g, g2 = gs
+  dw = _rows_scatter(v.astype(g.dtype), g, idx, n, w.shape[0], g2, split).astype(w.dtype)
+  dv = _rows_dot(w, g.astype(w.dtype), idx, n, g2.astype(w.dtype), split).astype(v.dtype)
+  return dw, dv, None, None
+
+
+_decode_sparse.defvjp(_decode_sparse_fwd, _decode_sparse_bwd)
+
+
+def _selected_pre(cfg, params, x_BD, pre_BM, idx_BK, n=None):
+  """Pre-activations at the chosen latents.  Dense path: a gather from pre (gradient through
+  the dense matmul).  Sparse path: the same values, gradients routed by _sparse_selected."""
+  if not cfg.sparse_decode:
+    return jnp.take_along_axis(pre_BM, idx_BK, axis=1)
+  vals = jnp.take_along_axis(lax.stop_gradient(pre_BM), idx_BK, axis=1)
   xin = x_BD - params["b_dec"] if cfg.architecture in SUBTRACT_B_DEC else x_BD
-  w_BKD = jnp.take(params["W_enc_MD"], idx_BK, axis=0)
-  return jnp.einsum("bd,bkd->bk", xin, w_BKD) + jnp.take(params["b_enc"], idx_BK)
-
-
-def _decode_sparse(w_dec_MD, vals_BK, idx_BK):
-  return jnp.einsum("bk,bkd->bd", vals_BK, jnp.take(w_dec_MD, idx_BK, axis=0))
+  n = jnp.int32(idx_BK.shape[1]) if n is None else n
+  return _sparse_selected(params["W_enc_MD"], params["b_enc"], xin, vals, idx_BK, n)
 
 
 def _scatter_dense(vals_BK, idx_BK, m):
@@ -395,10 +510,7 @@ def _scatter_dense(vals_BK, idx_BK, m):
 def _topk_codes(cfg, params, x_BD, pre_BM, k, mesh):
   """Per-token top-k: (vals_BK masked to rank < k, idx_BK), values carry gradients."""
   _, idx = topk_indices(pre_BM, cfg.k_max, mesh)
-  if cfg.sparse_decode:
-    vals = _gathered_pre(cfg, params, x_BD, idx)
-  else:
-    vals = jnp.take_along_axis(pre_BM, idx, axis=1)
+  vals = _selected_pre(cfg, params, x_BD, pre_BM, idx)
   keep = (jnp.arange(cfg.k_max) < k)[None, :]
   return jax.nn.relu(vals) * keep, idx
 
@@ -441,16 +553,15 @@ def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh):
   The auxiliary reconstruction is sum_j a_j W_dec[j] with NO b_dec.  Returns
   (alpha-free aux mse, e_hat).  Zero when no latent is dead.
   """
+  if cfg.sparse_decode:
+    return _auxk_sparse(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh)
   ka = cfg.k_aux_eff
   e = lax.stop_gradient(resid_BD)
 
   def compute(params, pre_BM, x_BD):
     masked = jnp.where(dead_M[None, :], pre_BM, -jnp.inf)
     _, idx = topk_indices(masked, ka, mesh)
-    if cfg.sparse_decode:
-      vals = _gathered_pre(cfg, params, x_BD, idx)
-    else:
-      vals = jnp.take_along_axis(pre_BM, idx, axis=1)
+    vals = jnp.take_along_axis(pre_BM, idx, axis=1)
     vals = jax.nn.relu(vals) * jnp.take(dead_M, idx).astype(vals.dtype)
     e_hat = auxk_decode(cfg, params, vals, idx)
     return jnp.mean(_sq(e - e_hat)), e_hat
@@ -464,11 +575,62 @@ def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh):
   return lax.cond(jnp.any(dead_M), jax.checkpoint(compute), skip, params, pre_BM, x_BD)
 
 
+def _topk_sparse(cfg, params, x_BD, pre_BM, k, dead_M, mesh):
+  """TopK codes, reconstruction and AuxK loss on the sparse path, in one pass.
+
+  The K = k_max TopK ranks and the k_aux AuxK ranks (dead latents, chosen in a lax.cond with
+  no gradient) are laid side by side, [B, K + k_aux], so one sparse backward loop (over
+  K + k_aux ranks when a latent is dead, over K otherwise) gives W_enc, b_enc, W_dec and b_dec
+  their whole gradient: no dense zero gradients for a skipped AuxK.
+  Returns (vals [B, K] masked to rank < k, idx [B, K], x_hat [B, D], aux mse).
+  """
+  K, ka = cfg.k_max, cfg.k_aux_eff
+  pre = lax.stop_gradient(pre_BM)
+  _, idx = topk_indices(pre, K, mesh)
+  any_dead = jnp.any(dead_M)
+
+  def pick(pre):
+    return topk_indices(jnp.where(dead_M[None, :], pre, -jnp.inf), ka, mesh)[1]
+
+  idx_aux = lax.cond(any_dead, pick, lambda p: jnp.zeros((p.shape[0], ka), jnp.int32), pre)
+  n = (K + jnp.where(any_dead, ka, 0)).astype(jnp.int32)
+  idx_all = jnp.concatenate([idx, idx_aux], axis=1)
+  sel = jax.nn.relu(_selected_pre(cfg, params, x_BD, pre, idx_all, n))
+  vals = sel[:, :K] * (jnp.arange(K) < k)[None, :].astype(sel.dtype)
+  vals_aux = sel[:, K:] * jnp.take(dead_M, idx_aux).astype(sel.dtype)
+  x_main, e_hat = _decode_sparse(_w_dec(cfg, params), jnp.concatenate([vals, vals_aux], 1),
+                                 idx_all, n, K)
+  x_hat = x_main + params["b_dec"]
+  e = lax.stop_gradient(x_BD - x_hat)
+  aux_loss = jnp.where(any_dead, jnp.mean(_sq(e - e_hat)), 0.0)
+  return vals, idx, x_hat, aux_loss
+
+
+def _auxk_sparse(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh):
+  """AuxK on the sparse path.  Only the choice of latents sits in a lax.cond (no gradient, so
+  a skipped step costs no dense zero cotangents); the values and the decode run over
+  n = k_aux ranks when a latent is dead and n = 0 otherwise."""
+  ka = cfg.k_aux_eff
+  e = lax.stop_gradient(resid_BD)
+  pre = lax.stop_gradient(pre_BM)
+  any_dead = jnp.any(dead_M)
+
+  def pick(pre):
+    return topk_indices(jnp.where(dead_M[None, :], pre, -jnp.inf), ka, mesh)[1]
+
+  idx = lax.cond(any_dead, pick, lambda p: jnp.zeros((p.shape[0], ka), jnp.int32), pre)
+  n = jnp.where(any_dead, ka, 0).astype(jnp.int32)
+  vals = _selected_pre(cfg, params, x_BD, pre, idx, n)
+  vals = jax.nn.relu(vals) * jnp.take(dead_M, idx).astype(vals.dtype)
+  e_hat = _decode_sparse(_w_dec(cfg, params), vals, idx, n, 0)[1]
+  return jnp.where(any_dead, jnp.mean(_sq(e - e_hat)), 0.0), e_hat
+
+
 def auxk_decode(cfg, params, vals_BK, idx_BK):
   """The AuxK reconstruction sum_k vals W_dec[idx] (deliberately without b_dec)."""
   w = _w_dec(cfg, params)
   if cfg.sparse_decode:
-    return _decode_sparse(w, vals_BK, idx_BK)
+    return _decode_sparse(w, vals_BK, idx_BK, jnp.int32(idx_BK.shape[1]), idx_BK.shape[1])[0]
   return _scatter_dense(vals_BK, idx_BK, cfg.d_sae) @ w
 
 
@@ -488,7 +650,7 @@ def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh):
       1.0, (step.astype(jnp.float32) + 1.0) / cfg.sparsity_warmup_steps)
   lam = aux["coef"] * warm
   w_dec = _w_dec(cfg, params)
-  dec_norm_M = jnp.linalg.norm(params["W_dec"], axis=-1)
+  dec_norm_M = jnp.sqrt(_row_sq_norms(params["W_dec"])[:, 0])
   pre = pre_activation(cfg, params, x)
   dead_M = aux["tokens_since_fired"] >= cfg.dead_tokens
   new_aux = dict(aux)
@@ -522,16 +684,16 @@ def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh):
     loss = mse + sparsity
 
   elif a == "topk":
-    vals, idx = _topk_codes(cfg, params, x, pre, aux["k"], mesh)
     if cfg.sparse_decode:
-      x_hat = _decode_sparse(w_dec, vals, idx) + params["b_dec"]
+      vals, idx, x_hat, aux_loss = _topk_sparse(cfg, params, x, pre, aux["k"], dead_M, mesh)
     else:
+      vals, idx = _topk_codes(cfg, params, x, pre, aux["k"], mesh)
       x_hat = _scatter_dense(vals, idx, M) @ w_dec + params["b_dec"]
+      aux_loss, _ = _auxk(cfg, params, pre, x, x - x_hat, dead_M, mesh)
     mse = jnp.mean(_sq(x - x_hat))
     fired = jnp.zeros((M,), jnp.int32).at[idx.reshape(-1)].max(
         (vals > 0).reshape(-1).astype(jnp.int32)) > 0
     l0 = jnp.mean(jnp.sum(vals > 0, -1))
-    aux_loss, _ = _auxk(cfg, params, pre, x, x - x_hat, dead_M, mesh)
     loss = mse + cfg.aux_alpha * aux_loss
 
   else:  # batchtopk, matryoshka
@@ -618,7 +780,7 @@ def post_update(cfg: SAEConfig):
       return params
     w = params["W_dec"]
     out = dict(params)
-    out["W_dec"] = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+    out["W_dec"] = w * lax.rsqrt(jnp.maximum(_row_sq_norms(w), 1e-24))
     return out
   return fn
 
