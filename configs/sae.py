@@ -39,9 +39,11 @@ def get_config(arch: str = "topk") -> ConfigDict:
       tokens=8192,               # held-out tokens for the final evaluation
       batch_size=2048))          # evaluation batch
   c.data = ConfigDict(dict(
-      kind="synthetic",          # synthetic | array_npy | chunked | activation_cache
-      path="",                   # .npy file, chunked store or activation cache directory
-      hookpoint="",              # activation_cache: which hookpoint ('' if it has only one)
+      kind="synthetic",          # synthetic | array_npy | chunked | activation_cache | lm
+      path="",                   # .npy file, chunked store, activation cache dir, or (lm) model
+      hookpoint="",              # activation_cache / lm: which hookpoint
+      seq_len=128,               # lm: tokens per packed row
+      corpus="",                 # lm: corpus spec ('' = the embedded default corpus)
       seed=0,                    # data stream seed (batches are pure functions of seed, step)
       d_in=32,                   # synthetic: activation dimension
       n_features=48,             # synthetic: planted dictionary size

@@ -95,3 +95,18 @@ def test_bad_config_fails_before_compute(over, msg, tmp_path):
   with pytest.raises(parallel.ConfigError, match=msg) as e:
     train_sae.validate(_cfg("topk", **over), str(tmp_path))
   assert "\n" not in str(e.value)
+
+
+def test_lm_source_end_to_end(tmp_path):
+  """data.kind='lm': activations computed on the fly by the fixture GPT-2 (random weights, HF
+  parity-tested) over the embedded corpus; the run writes results for the model's width."""
+  fixture = os.path.join(os.path.dirname(__file__), "fixtures", "lm", "gpt2")
+  mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
+  c = _cfg("topk", steps=6, log_every=3, batch_size=64, norm_sample_tokens=128,
+           **{"optim.warmup_steps": 2, "checkpoint.every": 6, "eval.tokens": 128, "eval.batch_size": 64,
+              "data.kind": "lm", "data.path": fixture, "data.hookpoint": "blocks.1.resid_post",
+              "data.seq_len": 16, "data.corpus": "default:3", "sae.d_sae": 32, "sae.k": 4})
+  train_sae.run(c, str(tmp_path), mesh=mesh)
+  res = json.load(open(tmp_path / "results.json"))
+  s = res["saes"][0] if "saes" in res else res
+  assert s["d_in"] == 32 and np.isfinite(s["explained_variance"])

@@ -71,3 +71,29 @@ def test_source_errors(tmp_path):
     sources.ArraySource(np.zeros((0, 3)))
   with pytest.raises(ConfigError, match="l0=0"):
     PlantedDictionary(d_in=4, n_features=8, l0=0)
+
+
+@pytest.mark.parametrize("fixture", ["gpt2", "bert"])
+def test_lm_source_matches_the_model(fixture):
+  """LMSource rows are the model's own activations (lm.apply on the same rows, the reference
+  being our HF-parity-tested forward) at valid positions only; pure in (seed, step)."""
+  from jaxcode.models.lm import load_pretrained
+  lm = load_pretrained(os.path.join(os.path.dirname(__file__), "fixtures", "lm", fixture))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, lm.module.vocab, (12, 8)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[::2, 5:] = 0                                  # padded rows (BERT-style packing)
+  hook = "blocks.1.resid_post"
+  src = sources.LMSource(lm, ids, mask, hook, seed=3)
+  assert src.d_in == lm.d_model
+  full = np.asarray(lm.apply(ids, mask, (hook,))[hook], np.float32)
+  valid = {tuple(np.round(v, 4)) for v in full[mask.astype(bool)]}
+  b = src.batch(2, 20)                               # needs more than ceil(20 / 8) rows
+  assert b.shape == (20, lm.d_model)
+  for row in b:
+    assert tuple(np.round(row, 4)) in valid
+  np.testing.assert_array_equal(b, src.batch(2, 20))
+  assert not np.array_equal(b, src.batch(3, 20))
+  assert src.sample(7, 0).shape == (7, lm.d_model)
+  with pytest.raises(ConfigError, match="blocks.9"):
+    sources.LMSource(lm, ids, mask, "blocks.9.resid_post")

@@ -4,7 +4,8 @@
   python -m launch.benchmark --config=configs/bench/sae.py:gpu     (batch 4096 on an accelerator)
 
 Prints: dense ReLU step FLOP/s as a fraction of the measured float32 matmul rate, TopK (k=32)
-step time over the dense ReLU step time, and tokens/s of 4 SAEs vmapped vs one after another.
+step time over the dense ReLU step time, and tokens/s of 4 SAEs vmapped vs one after another,
+fed from memory and from a language model computing the activations on the fly.
 """
 
 from ml_collections import ConfigDict
@@ -23,6 +24,11 @@ def get_config(variant: str = "cpu") -> ConfigDict:
   c.repeats = 3                # timed steps per measurement (the fastest is kept)
   c.matmul_n = 2048            # size of the square matmul that measures the machine's rate
   c.source_rows = 8192         # rows of the in-memory source feeding the sweep comparison
+  c.lm_model = "gpt2-small-random"   # (c) activations on the fly from GPT-2 small (random weights)
+  c.lm_hookpoints = ("blocks.5.resid_post", "blocks.11.resid_post")  # middle and last block
+  c.lm_seq = 128               # tokens per row fed to the LM
+  c.lm_rows = 256              # rows of random token ids the LM source draws from
+  c.lm_repeats = 2             # timed steps per LM-fed measurement (each runs the LM)
   if variant == "gpu":
     c.batch = 4096
     c.repeats = 10

@@ -6,9 +6,13 @@
 (b) TopK step time over the dense ReLU step time at the same sizes (dense decode and the sparse
     gather-and-sum path), and which TopK path is faster here;
 (c) tokens/s of a sweep of S SAEs trained at once (vmapped, one batch feed) against the same S
-    trained one after another (each step feeding its own batch from the same in-memory source):
-    a TopK sweep of k (k/2 .. 4k; the vmapped top-k runs at the largest k for all, masked) and a
-    ReLU sweep of the L1 coefficient (equal work per SAE).
+    trained one after another (each run feeding its own batches), for a TopK sweep of k
+    (k/2 .. 4k; the vmapped top-k runs at the largest k for all, masked) and a ReLU sweep of
+    the L1 coefficient (equal work per SAE), each fed (i) from an in-memory array (the SAE
+    step alone) and (ii) from a language model computing the activations on the fly
+    (LMSource; GPT-2 small architecture with random weights, which costs what the real
+    checkpoint costs), at each hookpoint of `lm_hookpoints`: what a sweep shares is the
+    activations, and this is what it saves.
 
 Every number is a ratio of times measured in this run on this device.  Times are the fastest of
 the repeats (least disturbed on a shared machine); on a CPU the ratios are also given by process
@@ -17,6 +21,7 @@ CPU time, which other processes on the machine do not inflate.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
@@ -25,7 +30,7 @@ import numpy as np
 import optax
 
 from jaxcode.bench import common
-from jaxcode.data.sources import ArraySource
+from jaxcode.data.sources import ArraySource, LMSource
 from jaxcode.models import sae
 
 
@@ -122,34 +127,59 @@ def run(bc) -> dict:
 
   n = int(bc.sweep)
   ks = tuple(int(k * 2 ** (i - 1)) for i in range(n))         # e.g. 16, 32, 64, 128
-  feed = lambda i: jnp.asarray(src.batch(i, b))
-  sweep = sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=ks,
-                        sparse_decode=out["topk_faster_path"] == "sparse")
-  state, step = _trainer(sweep, sample)
-  t_vmapped = _time_steps(state, step, feed, int(bc.repeats))[0]
-  del state
-  t_seq = 0.0
-  for kk in ks:
-    cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=kk,
-                        sparse_decode=sweep.sparse_decode)
-    state, step = _trainer(cfg, sample)
-    t_seq += _time_steps(state, step, feed, int(bc.repeats))[0]
-    del state
-  out.update(sweep_ks=list(ks), sweep_vmapped_tokens_per_s=b / t_vmapped,
-             sweep_sequential_tokens_per_s=b / t_seq, sweep_speedup=t_seq / t_vmapped)
-
-  # The same comparison for a sweep of the L1 coefficient (ReLU): equal work per SAE.
   coefs = tuple(float(1e-3 * 2 ** i) for i in range(n))
-  state, step = _trainer(sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=coefs),
-                         sample)
-  t_vmapped = _time_steps(state, step, feed, int(bc.repeats))[0]
-  del state
-  t_seq = 0.0
-  for c in coefs:
-    state, step = _trainer(sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=c),
-                           sample)
-    t_seq += _time_steps(state, step, feed, int(bc.repeats))[0]
-    del state
-  out.update(relu_sweep_vmapped_tokens_per_s=b / t_vmapped,
-             relu_sweep_sequential_tokens_per_s=b / t_seq, relu_sweep_speedup=t_seq / t_vmapped)
+  sparse = out["topk_faster_path"] == "sparse"
+  sweeps = {
+      "topk_k": (sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=ks, sparse_decode=sparse),
+                 [sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=kk,
+                                sparse_decode=sparse) for kk in ks]),
+      "relu_coef": (sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=coefs),
+                    [sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=c)
+                     for c in coefs])}
+  feeds = {"memory": lambda i: jnp.asarray(src.batch(i, b))}
+  lm = _random_lm(bc.lm_model) if bc.lm_hookpoints else None
+  for h in bc.lm_hookpoints:
+    if lm.hookpoint_width(h) != d:
+      raise ValueError(f"lm_hookpoints {h!r} has width {lm.hookpoint_width(h)}, not d_in={d}")
+    ids = np.random.default_rng(1).integers(0, lm.module.vocab, (int(bc.lm_rows), int(bc.lm_seq)))
+    lm_src = LMSource(lm, ids, None, h, seed=0)
+    feeds[f"lm:{h}"] = (lambda s_: lambda i: jnp.asarray(s_.batch(i, b)))(lm_src)
+  out["sweep_ks"], out["sweep_coefs"], out["sweeps"] = list(ks), list(coefs), {}
+  for fname, feed in feeds.items():
+    reps = int(bc.repeats) if fname == "memory" else int(bc.lm_repeats)
+    for sname, (together, apart) in sweeps.items():
+      state, step = _trainer(together, sample)
+      t_vm = _time_steps(state, step, feed, reps, warmup=1)[0]
+      del state
+      t_seq = 0.0
+      for c in apart:
+        state, step = _trainer(c, sample)
+        t_seq += _time_steps(state, step, feed, reps, warmup=1)[0]
+        del state
+      out["sweeps"][f"{sname}/{fname}"] = dict(
+          vmapped_tokens_per_s=b / t_vm, sequential_tokens_per_s=b / t_seq,
+          speedup=t_seq / t_vm)
+      print(f"sweep {sname} fed from {fname}: {t_seq / t_vm:.2f}x "
+            f"({b / t_vm:.0f} vs {b / t_seq:.0f} tokens/s)", file=sys.stderr, flush=True)
+  if lm is not None:
+    ids = np.zeros((-(-b // int(bc.lm_seq)), int(bc.lm_seq)), np.int32)
+    fn = lambda: lm.apply(ids, None, (bc.lm_hookpoints[-1],))
+    _timed(fn)
+    out["lm_forward_s_per_batch"] = min(_timed(fn)[0] for _ in range(2))
   return out
+
+
+def _random_lm(name: str):
+  """A GPT-2 architecture of HF's default config (GPT-2 small: 12 x 768) with random weights:
+  the forward costs what the real checkpoint's does, and needs no download."""
+  import transformers
+  from jaxcode.models.lm import hf
+  if name != "gpt2-small-random":
+    raise ValueError(f"lm_model={name!r}: expected 'gpt2-small-random'")
+  cfg = transformers.GPT2Config()
+  module = hf.build_module(cfg)
+  init = lambda k: module.init(k, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32),
+                               module.n_layers, True)["params"]
+  params = jax.jit(init)(jax.random.key(0))
+  return hf.PretrainedLM(config=cfg, tokenizer=None, params=params, module=module,
+                         model_dir=name)

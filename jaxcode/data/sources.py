@@ -9,7 +9,9 @@ Three implementations of one interface (``ActivationSource``):
                       batch are read; ``write_chunked`` writes such a store;
 * ``SyntheticSource`` a planted sparse dictionary (``jaxcode.data.synthetic``);
 * ``ActivationCacheSource`` one hookpoint of the transformer activation cache
-                      (``jaxcode.data.activations.ActivationCache``; bf16 read as float32).
+                      (``jaxcode.data.activations.ActivationCache``; bf16 read as float32);
+* ``LMSource``        one hookpoint computed on the fly by a language model over packed
+                      token rows (no disk cache; a sweep of SAEs shares every forward).
 
 For the stored sources, epoch e = (step * B) // N uses the permutation seeded by (seed, e), so
 a resumed run reads exactly the rows the uninterrupted run would have read.
@@ -178,7 +180,65 @@ class ActivationCacheSource:
     return self.rows_at(rng.choice(total, size=min(n, total), replace=False))
 
 
-KINDS = ("synthetic", "array_npy", "chunked", "activation_cache")
+class LMSource:
+  """Activations of one hookpoint computed on the fly by a language model (no cache on disk).
+
+  Each batch runs the model over rows of packed token ids (`input_ids` [N, T], `attention_mask`
+  [N, T]; rows drawn as consecutive slices of per-epoch permutations, so a batch is a pure
+  function of (seed, step)), keeps the positions the mask marks valid and takes batch_size of
+  them in a seeded random order.  Rows go through the model `rows_per_forward` at a time (one
+  compiled shape); a batch needs ceil(batch_size / T) rows when every position is valid, more
+  when rows are padded.  A sweep of SAEs trained at once shares each forward pass.
+  """
+
+  def __init__(self, lm, input_ids, attention_mask=None, hookpoint: str = "", seed: int = 0,
+               rows_per_forward: int = 0):
+    ids = np.asarray(input_ids, np.int32)
+    if ids.ndim != 2 or ids.shape[0] == 0:
+      raise ConfigError(f"LMSource: expected non-empty token ids [N, T], got shape {ids.shape}")
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+    if mask.shape != ids.shape:
+      raise ConfigError(f"LMSource: attention_mask shape {mask.shape} != ids shape {ids.shape}")
+    if int(mask.sum()) == 0:
+      raise ConfigError("LMSource: the attention mask marks no valid token")
+    lm.forward_fn((hookpoint,))        # unknown hookpoints fail here, before any compute
+    self.lm, self.ids, self.mask, self.hookpoint = lm, ids, mask, hookpoint
+    self.seed, self.rows_per_forward = int(seed), int(rows_per_forward)
+    self.d_in = int(lm.hookpoint_width(hookpoint))
+
+  def _forward(self, rows: np.ndarray) -> np.ndarray:
+    out = self.lm.apply(self.ids[rows], self.mask[rows], (self.hookpoint,))[self.hookpoint]
+    keep = self.mask[rows].reshape(-1).astype(bool)
+    return np.asarray(out, np.float32).reshape(-1, self.d_in)[keep]
+
+  def _tokens(self, rng_key, row_stream, batch_size: int) -> np.ndarray:
+    n, t = self.ids.shape
+    r = self.rows_per_forward or -(-batch_size // t)
+    got, have, i = [], 0, 0
+    while have < batch_size:
+      rows = row_stream(i, r)
+      got.append(self._forward(rows))
+      have += len(got[-1])
+      i += 1
+    acts = np.concatenate(got)
+    pick = np.random.default_rng(rng_key).permutation(len(acts))[:batch_size]
+    return acts[pick]
+
+  def batch(self, step, batch_size):
+    n = self.ids.shape[0]
+    def stream(i, r):   # the epoch-permutation slice of this step, then seeded extra rows
+      if i == 0:
+        return _epoch_rows(n, self.seed, step, r)
+      return np.random.default_rng([self.seed, int(step), i]).integers(0, n, r)
+    return self._tokens([self.seed, int(step), 0x1A], stream, batch_size)
+
+  def sample(self, n, seed):
+    rows_n = self.ids.shape[0]
+    stream = lambda i, r: np.random.default_rng([int(seed), 0x5A, i]).integers(0, rows_n, r)
+    return self._tokens([int(seed), 0x5B], stream, n)
+
+
+KINDS = ("synthetic", "array_npy", "chunked", "activation_cache", "lm")
 
 
 def from_config(cfg) -> ActivationSource:
@@ -194,4 +254,26 @@ def from_config(cfg) -> ActivationSource:
     return ChunkedSource(cfg.path, seed=int(cfg.seed))
   if kind == "activation_cache":
     return ActivationCacheSource(cfg.path, cfg.get("hookpoint", ""), seed=int(cfg.seed))
+  if kind == "lm":
+    return lm_source_from_config(cfg)
   raise ConfigError(f"data.kind={kind!r}: expected one of {KINDS}")
+
+
+def lm_source_from_config(cfg) -> LMSource:
+  """data.kind='lm': model `path` (directory or Hub id), `hookpoint`, `corpus` ('' = the
+  embedded default corpus, else a corpus spec for jaxcode.data.corpus.load_corpus) packed
+  into rows of `seq_len` tokens."""
+  from jaxcode.data import corpus as corpus_lib
+  from jaxcode.models.lm import load_pretrained
+  if not cfg.get("path", ""):
+    raise ConfigError("data.kind='lm' needs data.path: a model directory or Hub id")
+  if not cfg.get("hookpoint", ""):
+    raise ConfigError("data.kind='lm' needs data.hookpoint, e.g. blocks.6.resid_post")
+  seq_len = int(cfg.get("seq_len", 128))
+  if seq_len < 2:
+    raise ConfigError(f"data.seq_len={seq_len}: expected at least 2")
+  lm = load_pretrained(cfg.path)
+  spec = cfg.get("corpus", "")
+  docs = corpus_lib.load_corpus(spec) if spec else corpus_lib.default_corpus()
+  packed = corpus_lib.pack(docs, lm.tokenizer, seq_len)
+  return LMSource(lm, packed.input_ids, packed.attention_mask, cfg.hookpoint, seed=int(cfg.seed))

@@ -222,7 +222,9 @@ def train(task: Task, cfg, workdir: str, mesh=None,
 
   batch_sh = None
   if task.batch is not None:
-    probe = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, task.batch(0)))
+    probe = jax.tree.map(   # batch 0 on the host (a source may run JAX itself: no tracing)
+        lambda v: jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(
+            np.asarray(v).dtype)), task.batch(0))
     batch_sh = jax.tree.map(lambda s: NamedSharding(mesh, s),
                             _spec_tree(task.batch_spec, probe),
                             is_leaf=lambda x: isinstance(x, P))
