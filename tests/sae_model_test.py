@@ -91,7 +91,7 @@ def test_jumprelu_gradients_match_hand_derivation():
   params["b_enc"] = jnp.asarray(rng.standard_normal(M) * 0.3, jnp.float32)
   params["threshold"] = jnp.asarray(rng.uniform(0.1, 0.6, M), jnp.float32)
   x = jnp.asarray(rng.standard_normal((B, D)), jnp.float32)
-  g = jax.jit(jax.grad(lambda p: sae._loss_one(cfg, p, aux, x, jnp.int32(0), None)[0]))(params)
+  g = jax.jit(jax.grad(lambda p: sae._loss_one(cfg, p, aux, x, jnp.int32(0), None, jnp.bool_(True))[0]))(params)
 
   W, b, th = (np.asarray(params[k], np.float64) for k in ("W_enc_MD", "b_enc", "threshold"))
   W = W.T                                                      # [D, M] as in the papers
@@ -128,7 +128,7 @@ def test_topk_auxk_gradients_match_hand_derivation(sparse):
   aux["tokens_since_fired"] = jnp.where(jnp.asarray(dead), 100, 0).astype(jnp.int32)
   x = jnp.asarray(rng.standard_normal((B, D)) + 0.5, jnp.float32)
   (loss, (m, new_aux)), g = jax.jit(jax.value_and_grad(
-      lambda p: sae._loss_one(cfg, p, aux, x, jnp.int32(0), None), has_aux=True))(params)
+      lambda p: sae._loss_one(cfg, p, aux, x, jnp.int32(0), None, jnp.bool_(True)), has_aux=True))(params)
 
   W, b = np.asarray(params["W_enc_MD"], np.float64).T, np.asarray(params["b_enc"], np.float64)
   Wd, bd = np.asarray(params["W_dec"], np.float64), np.asarray(params["b_dec"], np.float64)
@@ -244,6 +244,8 @@ def test_sparse_decode_equals_dense(dead_tokens):
     for sparse in (False, True):
       cfg = sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, k=ks, k_aux=4,
                           dead_tokens=dead_tokens, sparse_decode=sparse)
+      # the sparse sweep of k runs unrolled (each SAE at its own k), the dense one vmapped
+      assert sae.unrolled_sweep(cfg) == (sparse and isinstance(ks, tuple))
       params, aux = sae.make_init(cfg, np.asarray(x))(jax.random.key(0))
       aux["tokens_since_fired"] = aux["tokens_since_fired"].at[:, ::3].set(1)
       outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(
