@@ -6,6 +6,8 @@ Variants: relu, relu_classic, topk, batchtopk, jumprelu, jumprelu_tanh, matryosh
 data is a synthetic planted dictionary, so every variant runs anywhere in about a minute on a
 laptop CPU.  Override on the command line, e.g. --config.sae.d_sae=4096 --config.steps=20000,
 --config.data.kind=activation_cache --config.data.path=/cache/gpt2 --config.data.hookpoint=...,
+activations computed on the fly by a model: --config.data.kind=lm --config.data.path=gpt2
+--config.data.hookpoint=blocks.6.resid_post (a sweep then shares every forward pass),
 or a sweep of 4 SAEs trained at once: --config.sae.sweep_k='(16,32,64,128)'.
 """
 
