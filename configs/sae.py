@@ -74,8 +74,10 @@ def get_config(arch: str = "topk") -> ConfigDict:
       dec_init_norm=1.0,         # decoder row norm at init (0.1 for the April-2024 recipe)
       b_dec_init="mean",         # zeros | mean | geometric_median (of the norm sample)
       normalisation="unit_mean_sq",  # none | unit_mean_sq (E||x||^2=1) | sqrt_d (E||x||=sqrt d)
-      sparse_decode="auto"))     # topk: sparse | dense | auto (the path configs/bench/sae.py
+      sparse_decode="auto",      # topk: sparse | dense | auto (the path configs/bench/sae.py
                                  # measured faster on this backend: sparse on CPU)
+      sweep_mode="auto"))        # sweeps: vmap | unroll | auto (unrolled on CPU, vmapped on
+                                 # accelerators; see jaxcode.models.sae.unrolled_sweep)
   s = c.sae
   if arch == "relu":
     s.sparsity_coef, s.dec_init_norm = 0.3, 0.1

@@ -243,7 +243,8 @@ def test_sparse_decode_equals_dense(dead_tokens):
     outs = []
     for sparse in (False, True):
       cfg = sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, k=ks, k_aux=4,
-                          dead_tokens=dead_tokens, sparse_decode=sparse)
+                          dead_tokens=dead_tokens, sparse_decode=sparse,
+                          sweep_mode="auto" if sparse else "vmap")
       # the sparse sweep of k runs unrolled (each SAE at its own k), the dense one vmapped
       assert sae.unrolled_sweep(cfg) == (sparse and isinstance(ks, tuple))
       params, aux = sae.make_init(cfg, np.asarray(x))(jax.random.key(0))
@@ -311,3 +312,28 @@ def test_sparse_decode_choice():
       is False
   with pytest.raises(parallel.ConfigError, match=r"sae.sparse_decode='fast'"):
     sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, sparse_decode="fast")
+
+
+@pytest.mark.parametrize("arch,extra", [("relu", dict(sparsity_coef=(0.1, 0.3))),
+                                        ("batchtopk", dict(k=(2, 4), dead_tokens=1))])
+def test_sweep_modes_agree(arch, extra):
+  """A sweep vmapped over the SAE axis and the same sweep unrolled (a static loop over SAEs)
+  give the same losses, metrics, aux and gradients."""
+  x = jnp.asarray(np.random.default_rng(6).standard_normal((16, 8)), jnp.float32)
+  outs = []
+  for mode in ("vmap", "unroll"):
+    cfg = sae.SAEConfig(architecture=arch, d_in=8, d_sae=24, sweep_mode=mode, **extra)
+    params, aux = sae.make_init(cfg, np.asarray(x))(jax.random.key(1))
+    outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(
+        params, aux, x, None, 3))
+  (l0, (m0, a0)), g0 = outs[0]
+  (l1, (m1, a1)), g1 = outs[1]
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  for k in m0:
+    np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  for k in a0:
+    np.testing.assert_allclose(a1[k], a0[k], rtol=1e-6, err_msg=k)
+  for k in g0:
+    np.testing.assert_allclose(g1[k], g0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  with pytest.raises(parallel.ConfigError, match="sae.sweep_mode='pmap'"):
+    sae.SAEConfig(architecture=arch, d_in=8, d_sae=24, sweep_mode="pmap")

@@ -28,7 +28,7 @@ from jaxcode.train import loop, optim
 
 SAE_FIELDS = ("jump_bandwidth", "jump_threshold_init", "tanh_c", "pre_act_coef", "threshold_ema",
               "threshold_ema_start", "dec_init_norm", "b_dec_init", "normalisation",
-              "sparse_decode", "aux_alpha", "dead_tokens", "sparsity_warmup_steps")
+              "sparse_decode", "sweep_mode", "aux_alpha", "dead_tokens", "sparsity_warmup_steps")
 
 
 def sae_config(config, d_in: int) -> sae_lib.SAEConfig:
