@@ -5,7 +5,8 @@
     fraction of the float32 matmul rate measured in the same run;
 (b) TopK step time over the dense ReLU step time at the same sizes (dense decode and the sparse
     gather-and-sum path), and which TopK path is faster here;
-(c) tokens/s of a sweep of S SAEs trained at once (vmapped, one batch feed) against the same S
+(c) tokens/s of a sweep of S SAEs trained at once (one batch feed; vmapped or unrolled as
+    sae.unrolled_sweep decides, reported as `mode`) against the same S
     trained one after another (each run feeding its own batches), for a TopK sweep of k
     (k/2 .. 4k; the vmapped top-k runs at the largest k for all, masked) and a ReLU sweep of
     the L1 coefficient (equal work per SAE), each fed (i) from an in-memory array (the SAE
@@ -157,8 +158,8 @@ def run(bc) -> dict:
         t_seq += _time_steps(state, step, feed, reps, warmup=1)[0]
         del state
       out["sweeps"][f"{sname}/{fname}"] = dict(
-          vmapped_tokens_per_s=b / t_vm, sequential_tokens_per_s=b / t_seq,
-          speedup=t_seq / t_vm)
+          at_once_tokens_per_s=b / t_vm, one_after_another_tokens_per_s=b / t_seq,
+          speedup=t_seq / t_vm, mode="unroll" if sae.unrolled_sweep(together) else "vmap")
       print(f"sweep {sname} fed from {fname}: {t_seq / t_vm:.2f}x "
             f"({b / t_vm:.0f} vs {b / t_seq:.0f} tokens/s)", file=sys.stderr, flush=True)
   if lm is not None:
