@@ -224,20 +224,16 @@ def _block_select(s_QR, ridx_R, k: int, c: int):
   """The k smallest scores per row of s_QR and their reference indices (unsorted).
 
   Exact two-stage selection: the k groups (of c columns) with the smallest minima contain
-  the k smallest scores (module docstring); any partition into groups will do.
+  the k smallest scores (module docstring).
   """
   q, r = s_QR.shape
   if c == 1:
     neg, pos = lax.top_k(-s_QR, k)
     return -neg, ridx_R[pos]
-  # Group j holds the columns j, j + G, j + 2G, ... (G = r / c groups): the minima are then an
-  # element-wise min over c slabs of the block, which vectorises along the rows' contiguous
-  # axis (a min over c adjacent columns ran as a slow minor-axis reduction on XLA:CPU).
-  g = r // c
-  s_QCG = s_QR.reshape(q, c, g)
-  _, gsel_QK = lax.top_k(-s_QCG.min(1), k)
-  cand = jnp.take_along_axis(s_QCG, gsel_QK[:, None, :], axis=2).reshape(q, c * k)
-  cidx = (jnp.arange(c)[None, :, None] * g + gsel_QK[:, None, :]).reshape(q, c * k)
+  s_QGC = s_QR.reshape(q, r // c, c)
+  _, gsel_QK = lax.top_k(-s_QGC.min(-1), k)
+  cand = jnp.take_along_axis(s_QGC, gsel_QK[:, :, None], axis=1).reshape(q, k * c)
+  cidx = (gsel_QK[:, :, None] * c + jnp.arange(c)[None, None, :]).reshape(q, k * c)
   neg, pos = lax.top_k(-cand, k)
   return -neg, ridx_R[jnp.take_along_axis(cidx, pos, axis=1)]
 
@@ -258,7 +254,9 @@ def _query_block(start, xa_PA, p: Plan, metric: str):
   qidx_Q = start + jnp.arange(p.q, dtype=jnp.int32)
 
   def one_ref_block(b):
-    ref_RA = lax.dynamic_slice_in_dim(xa_PA, b * r, r)
+    # one block: a static slice (a dynamic one was copied for every query block)
+    ref_RA = (xa_PA[:r] if p.n_ref_blocks == 1
+              else lax.dynamic_slice_in_dim(xa_PA, b * r, r))
     ridx_R = b * r + jnp.arange(r, dtype=jnp.int32)
     if metric == "euclidean":
       s = q_aug @ ref_RA.T
