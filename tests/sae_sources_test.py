@@ -97,3 +97,24 @@ def test_lm_source_matches_the_model(fixture):
   assert src.sample(7, 0).shape == (7, lm.d_model)
   with pytest.raises(ConfigError, match="blocks.9"):
     sources.LMSource(lm, ids, mask, "blocks.9.resid_post")
+
+
+def test_batch_rows_is_a_slice_of_the_batch(tmp_path):
+  """One host's rows of a global batch (what a multi-host run reads) equal the same rows of
+  the whole batch, for every source kind; the stored ones read only those rows."""
+  x = np.random.default_rng(7).standard_normal((50, 6)).astype(np.float32)
+  store = sources.write_chunked(str(tmp_path / "store"), [x[:20], x[20:]])
+  srcs = [sources.ArraySource(x, seed=1), sources.ChunkedSource(store, seed=1),
+          sources.SyntheticSource(PlantedDictionary(d_in=6, n_features=9, l0=2.0, alpha=0.3,
+                                                    seed=0), seed=1)]
+  for src in srcs:
+    for step in (0, 3, 9):
+      full = src.batch(step, 16)
+      for rows in (slice(0, 8), slice(8, 16), slice(4, 12)):
+        np.testing.assert_array_equal(src.batch_rows(step, 16, rows), full[rows])
+  read = []
+  chk = srcs[1]
+  orig = chk.rows_at
+  chk.rows_at = lambda idx: (read.append(len(idx)), orig(idx))[1]
+  chk.batch_rows(2, 16, slice(8, 16))
+  assert read == [8]

@@ -40,6 +40,10 @@ class ActivationSource(Protocol):
   def sample(self, n: int, seed: int) -> np.ndarray:
     """n rows for estimation (normalisation, b_dec) or evaluation, pure in seed."""
 
+  def batch_rows(self, step: int, batch_size: int, rows: slice) -> np.ndarray:
+    """batch(step, batch_size)[rows]; the stored sources read only those rows (one host's
+    share of a global batch on a multi-host run)."""
+
 
 def _epoch_rows(n_rows: int, seed: int, step: int, batch_size: int) -> np.ndarray:
   """Row indices of batch `step`: consecutive slices of per-epoch permutations."""
@@ -63,6 +67,9 @@ class ArraySource:
 
   def batch(self, step, batch_size):
     return self.x[_epoch_rows(len(self.x), self.seed, step, batch_size)]
+
+  def batch_rows(self, step, batch_size, rows):
+    return self.x[_epoch_rows(len(self.x), self.seed, step, batch_size)[rows]]
 
   def sample(self, n, seed):
     rng = np.random.default_rng([int(seed), 0x5A])
@@ -132,6 +139,9 @@ class ChunkedSource:
   def batch(self, step, batch_size):
     return self.rows_at(_epoch_rows(int(self.offsets[-1]), self.seed, step, batch_size))
 
+  def batch_rows(self, step, batch_size, rows):
+    return self.rows_at(_epoch_rows(int(self.offsets[-1]), self.seed, step, batch_size)[rows])
+
   def sample(self, n, seed):
     total = int(self.offsets[-1])
     rng = np.random.default_rng([int(seed), 0x5A])
@@ -146,6 +156,9 @@ class SyntheticSource:
 
   def batch(self, step, batch_size):
     return self.planted.batch(self.seed, step, batch_size)
+
+  def batch_rows(self, step, batch_size, rows):   # generated whole (cheap), then sliced
+    return self.batch(step, batch_size)[rows]
 
   def sample(self, n, seed):
     return self.planted.batch(self.seed + 1_000_003, 10_000_000 + int(seed), n)
@@ -173,6 +186,9 @@ class ActivationCacheSource:
 
   def batch(self, step, batch_size):
     return self.rows_at(_epoch_rows(self.cache.n_tokens, self.seed, step, batch_size))
+
+  def batch_rows(self, step, batch_size, rows):
+    return self.rows_at(_epoch_rows(self.cache.n_tokens, self.seed, step, batch_size)[rows])
 
   def sample(self, n, seed):
     total = self.cache.n_tokens
@@ -231,6 +247,10 @@ class LMSource:
         return _epoch_rows(n, self.seed, step, r)
       return np.random.default_rng([self.seed, int(step), i]).integers(0, n, r)
     return self._tokens([self.seed, int(step), 0x1A], stream, batch_size)
+
+  def batch_rows(self, step, batch_size, rows):
+    """Computed whole on every host, then sliced: the token choice follows the forward."""
+    return self.batch(step, batch_size)[rows]
 
   def sample(self, n, seed):
     rows_n = self.ids.shape[0]

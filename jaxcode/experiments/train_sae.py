@@ -97,6 +97,7 @@ def make_task(config, src, cfg: sae_lib.SAEConfig, mesh) -> loop.Task:
       init=sae_lib.make_init(cfg, sample),
       loss=sae_lib.make_loss(cfg, mesh if mesh.shape[parallel.MODEL] > 1 else None),
       batch=lambda step: src.batch(step, b),
+      local_batch=lambda step, rows: src.batch_rows(step, b, rows),
       param_rules=sae_lib.param_rules(), aux_rules=sae_lib.aux_rules(),
       tx=make_tx(config), post_update=sae_lib.post_update(cfg),
       meta={"architecture": cfg.architecture, "d_in": cfg.d_in, "d_sae": cfg.d_sae,

@@ -53,6 +53,9 @@ class Task:
   init: Callable[[jax.Array], tuple[Any, Any]]
   loss: Callable[..., tuple[jax.Array, tuple[dict, Any]]]
   batch: Callable[[int], Any] | None = None
+  # Optional: (step, rows) -> rows `rows` of batch(step) (one array).  On a multi-host run
+  # each host then reads only its own rows instead of the whole global batch.
+  local_batch: Callable[[int, slice], Any] | None = None
   device_batch: Callable[[jax.Array, jax.Array], Any] | None = None
   param_rules: Sequence[tuple[str, P]] = ()
   aux_rules: Sequence[tuple[str, P]] = ()
@@ -239,6 +242,10 @@ def train(task: Task, cfg, workdir: str, mesh=None,
   def feed(s):
     if task.batch is None:
       return None
+    if jax.process_count() > 1 and task.local_batch is not None:
+      rows = parallel.process_rows(probe.shape[0], batch_sh)
+      return jax.make_array_from_process_local_data(
+          batch_sh, np.asarray(task.local_batch(s, rows)), probe.shape)
     host = task.batch(s)
     if jax.process_count() == 1:
       return jax.device_put(host, batch_sh)
