@@ -271,12 +271,12 @@ def make_init(cfg: SAEConfig, x_sample_ND) -> Callable[[jax.Array], tuple[Any, A
 
 # ------------------------------------------------------------------ custom gradients
 
-def _row_sq_norms(w_MD):
-  """sum_d w[m, d]^2 as [M, 1], by a matrix-vector product with ones.  On XLA:CPU the plain
+def _row_sums(a_MD):
+  """sum_d a[m, d] as [M, 1], by a matrix-vector product with ones.  On XLA:CPU the plain
   row reduction, fused with the optimizer update before it, ran as a YNNPACK fusion that
   materialised scalar broadcasts at full size: Adam + row renormalisation of two
   [16384, 768] matrices took 128 ms with jnp.linalg.norm and 45 ms with this."""
-  return jnp.matmul(w_MD * w_MD, jnp.ones((w_MD.shape[-1], 1), w_MD.dtype),
+  return jnp.matmul(a_MD, jnp.ones((a_MD.shape[-1], 1), a_MD.dtype),
                     precision=lax.Precision.HIGHEST)
 
 
@@ -291,9 +291,7 @@ def _project_rows_fwd(w):
 
 
 def _project_rows_bwd(w, g):
-  ones = jnp.ones((w.shape[-1], 1), w.dtype)
-  along = (jnp.matmul(g * w, ones, precision=lax.Precision.HIGHEST)
-           / jnp.maximum(_row_sq_norms(w), 1e-12))
+  along = _row_sums(g * w) / jnp.maximum(_row_sums(w * w), 1e-12)
   return (g - along * w,)
 
 
@@ -558,6 +556,19 @@ def _sq(x_BD):
   return jnp.sum(x_BD * x_BD, axis=-1)
 
 
+def _dead_topk(pre_BM, dead_M, ka: int, mesh):
+  """Indices [B, ka] of the largest pre-activations among dead latents (no gradient)."""
+  return topk_indices(jnp.where(dead_M[None, :], pre_BM, -jnp.inf), ka, mesh)[1]
+
+
+def _aux_ranks(pre_BM, dead_M, ka: int, mesh, run):
+  """AuxK latents for the sparse path: (indices [B, ka], active rank count) = the dead top-k
+  and ka when `run`, else zeros and 0; the choice sits in a lax.cond with no gradient."""
+  idx = lax.cond(run, lambda p: _dead_topk(p, dead_M, ka, mesh),
+                 lambda p: jnp.zeros((p.shape[0], ka), jnp.int32), pre_BM)
+  return idx, jnp.where(run, ka, 0).astype(jnp.int32)
+
+
 def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh, run):
   """AuxK: reconstruct the (stop-gradient) residual from the top k_aux dead latents.
 
@@ -570,8 +581,7 @@ def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh, run):
   e = lax.stop_gradient(resid_BD)
 
   def compute(params, pre_BM, x_BD):
-    masked = jnp.where(dead_M[None, :], pre_BM, -jnp.inf)
-    _, idx = topk_indices(masked, ka, mesh)
+    idx = _dead_topk(pre_BM, dead_M, ka, mesh)
     vals = jnp.take_along_axis(pre_BM, idx, axis=1)
     vals = jax.nn.relu(vals) * jnp.take(dead_M, idx).astype(vals.dtype)
     e_hat = auxk_decode(cfg, params, vals, idx)
@@ -600,12 +610,8 @@ def _topk_sparse(cfg, params, x_BD, pre_BM, k, dead_M, mesh, run):
   pre = lax.stop_gradient(pre_BM)
   _, idx = topk_indices(pre, K, mesh)
   any_dead = jnp.any(dead_M)
-
-  def pick(pre):
-    return topk_indices(jnp.where(dead_M[None, :], pre, -jnp.inf), ka, mesh)[1]
-
-  idx_aux = lax.cond(run, pick, lambda p: jnp.zeros((p.shape[0], ka), jnp.int32), pre)
-  n = (K + jnp.where(run, ka, 0)).astype(jnp.int32)
+  idx_aux, n_aux = _aux_ranks(pre, dead_M, ka, mesh, run)
+  n = K + n_aux
   idx_all = jnp.concatenate([idx, idx_aux], axis=1)
   sel = jax.nn.relu(_selected_pre(cfg, params, x_BD, pre, idx_all, n))
   vals = sel[:, :K] * (jnp.arange(K) < k)[None, :].astype(sel.dtype)
@@ -626,12 +632,7 @@ def _auxk_sparse(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh, run):
   e = lax.stop_gradient(resid_BD)
   pre = lax.stop_gradient(pre_BM)
   any_dead = jnp.any(dead_M)
-
-  def pick(pre):
-    return topk_indices(jnp.where(dead_M[None, :], pre, -jnp.inf), ka, mesh)[1]
-
-  idx = lax.cond(run, pick, lambda p: jnp.zeros((p.shape[0], ka), jnp.int32), pre)
-  n = jnp.where(run, ka, 0).astype(jnp.int32)
+  idx, n = _aux_ranks(pre, dead_M, ka, mesh, run)
   vals = _selected_pre(cfg, params, x_BD, pre, idx, n)
   vals = jax.nn.relu(vals) * jnp.take(dead_M, idx).astype(vals.dtype)
   e_hat = _decode_sparse(_w_dec(cfg, params), vals, idx, n, 0)[1]
@@ -639,11 +640,9 @@ def _auxk_sparse(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh, run):
 
 
 def auxk_decode(cfg, params, vals_BK, idx_BK):
-  """The AuxK reconstruction sum_k vals W_dec[idx] (deliberately without b_dec)."""
-  w = _w_dec(cfg, params)
-  if cfg.sparse_decode:
-    return _decode_sparse(w, vals_BK, idx_BK, jnp.int32(idx_BK.shape[1]), idx_BK.shape[1])[0]
-  return _scatter_dense(vals_BK, idx_BK, cfg.d_sae) @ w
+  """The AuxK reconstruction sum_k vals W_dec[idx] (deliberately without b_dec), dense path;
+  the sparse path decodes AuxK ranks in _decode_sparse's second output."""
+  return _scatter_dense(vals_BK, idx_BK, cfg.d_sae) @ _w_dec(cfg, params)
 
 
 def _fired_and_update(cfg, aux, fired_M, batch_tokens):
@@ -662,7 +661,7 @@ def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh, run_auxk):
       1.0, (step.astype(jnp.float32) + 1.0) / cfg.sparsity_warmup_steps)
   lam = aux["coef"] * warm
   w_dec = _w_dec(cfg, params)
-  dec_norm_M = jnp.sqrt(_row_sq_norms(params["W_dec"])[:, 0])
+  dec_norm_M = jnp.sqrt(_row_sums(params["W_dec"] * params["W_dec"])[:, 0])
   pre = pre_activation(cfg, params, x)
   dead_M = aux["tokens_since_fired"] >= cfg.dead_tokens
   new_aux = dict(aux)
@@ -819,7 +818,7 @@ def post_update(cfg: SAEConfig):
       return params
     w = params["W_dec"]
     out = dict(params)
-    out["W_dec"] = w * lax.rsqrt(jnp.maximum(_row_sq_norms(w), 1e-24))
+    out["W_dec"] = w * lax.rsqrt(jnp.maximum(_row_sums(w * w), 1e-24))
     return out
   return fn
 
