@@ -8,6 +8,8 @@ our SAELens-format importer (checked against the layout in sae_io_test).
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +20,7 @@ from jaxcode import parallel
 from jaxcode.experiments import train_sae
 from jaxcode.models import sae, sae_io
 from jaxcode.train import loop
+from launch_util import REPO, cpu_env, free_port
 
 
 def _cfg(arch, **over):
@@ -112,25 +115,14 @@ def test_lm_source_end_to_end(tmp_path):
   assert s["d_in"] == 32 and np.isfinite(s["explained_variance"])
 
 
-def _env(devices):
-  env = dict(os.environ)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=repo,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return env, repo
-
-
 def _launch_sae(workdir, store, *extra, devices=8):
-  import subprocess
-  import sys
-  env, repo = _env(devices)
   cmd = [sys.executable, "-m", "launch.train_sae", "--config=configs/sae.py:topk",
          f"--workdir={workdir}", "--config.data.kind=chunked", f"--config.data.path={store}",
          "--config.steps=20", "--config.checkpoint.every=10", "--config.log_every=10",
          "--config.optim.warmup_steps=5", "--config.batch_size=64", "--config.eval.tokens=256",
          "--config.eval.batch_size=64", "--config.norm_sample_tokens=256",
          "--config.mesh.data=4", "--config.mesh.model=2", *extra]
-  return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=REPO, env=cpu_env(devices), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
 
@@ -138,7 +130,6 @@ def test_two_hosts_each_reading_their_rows_equal_one_host(tmp_path):
   """jax.distributed on localhost, 2 processes x 4 CPU devices (mesh 4 data x 2 model), each
   host reading only its rows of every batch from a chunked store (Task.local_batch), against
   1 process x 8 devices reading whole batches: the same exported SAE."""
-  import socket
   from safetensors.numpy import load_file
   from jaxcode.data import sources
   x = np.random.default_rng(3).standard_normal((600, 16)).astype(np.float32)
@@ -146,9 +137,7 @@ def test_two_hosts_each_reading_their_rows_equal_one_host(tmp_path):
   p = _launch_sae(tmp_path / "one", store)
   _, err = p.communicate(timeout=300)
   assert p.returncode == 0, err
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   procs = [_launch_sae(tmp_path / "two", store, "--config.distributed.enabled=True",
                        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                        "--config.distributed.num_processes=2",

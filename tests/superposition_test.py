@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,8 +19,8 @@ from jaxcode.analysis import superposition as sup
 from jaxcode.experiments import superposition as exp
 from jaxcode.parallel import ConfigError
 from jaxcode.train import loop
+from launch_util import REPO, cpu_env, free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _polygon(k, m=2):
@@ -103,17 +102,10 @@ def test_eight_devices_equal_one_device(tmp_path):
     np.testing.assert_allclose(a["bias"], b["bias"], rtol=1e-5, atol=1e-6)
 
 
-def _env(devices):
-  env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return env
-
-
 def _launch(workdir, *extra, devices=8, wait=True):
   cmd = [sys.executable, "-m", "launch.superposition", "--config=configs/superposition.py:tiny",
          f"--workdir={workdir}", *extra]
-  p = subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE,
+  p = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(devices), stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
   if wait:
     out, err = p.communicate(timeout=300)
@@ -149,18 +141,12 @@ def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
   assert _final_params(tmp_path / "full") == _final_params(tmp_path / "cut")  # bitwise
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process(tmp_path):
   """jax.distributed over localhost: 2 processes x 4 CPU devices == 1 process x 8 devices."""
   steps = ("--config.steps=40", "--config.checkpoint.every=20")
   rc, _, err = _launch(tmp_path / "single", *steps)
   assert rc == 0, err
-  port = _free_port()
+  port = free_port()
   procs = [_launch(tmp_path / "multi", *steps, "--config.distributed.enabled=True",
                    f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                    "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
