@@ -58,22 +58,42 @@ def _epoch_rows(n_rows: int, seed: int, step: int, batch_size: int) -> np.ndarra
   return np.asarray(out, np.int64)
 
 
-class ArraySource:
+class _StoredSource:
+  """Batches, one host's rows of a batch, and samples of a source that reads rows by index:
+  subclasses give `n_rows` and `rows_at(idx)`."""
+  seed: int
+
+  @property
+  def n_rows(self) -> int:
+    raise NotImplementedError
+
+  def rows_at(self, idx) -> np.ndarray:
+    raise NotImplementedError
+
+  def batch(self, step, batch_size):
+    return self.rows_at(_epoch_rows(self.n_rows, self.seed, step, batch_size))
+
+  def batch_rows(self, step, batch_size, rows):
+    return self.rows_at(_epoch_rows(self.n_rows, self.seed, step, batch_size)[rows])
+
+  def sample(self, n, seed):
+    rng = np.random.default_rng([int(seed), 0x5A])
+    return self.rows_at(rng.choice(self.n_rows, size=min(n, self.n_rows), replace=False))
+
+
+class ArraySource(_StoredSource):
   def __init__(self, x_ND: np.ndarray, seed: int = 0):
     x = np.asarray(x_ND, np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
       raise ConfigError(f"ArraySource: expected a non-empty [N, D] array, got shape {x.shape}")
     self.x, self.seed, self.d_in = x, int(seed), x.shape[1]
 
-  def batch(self, step, batch_size):
-    return self.x[_epoch_rows(len(self.x), self.seed, step, batch_size)]
+  @property
+  def n_rows(self):
+    return len(self.x)
 
-  def batch_rows(self, step, batch_size, rows):
-    return self.x[_epoch_rows(len(self.x), self.seed, step, batch_size)[rows]]
-
-  def sample(self, n, seed):
-    rng = np.random.default_rng([int(seed), 0x5A])
-    return self.x[rng.choice(len(self.x), size=min(n, len(self.x)), replace=False)]
+  def rows_at(self, idx):
+    return self.x[idx]
 
 
 def write_chunked(directory: str, chunks, extra: dict | None = None) -> str:
@@ -98,7 +118,7 @@ def write_chunked(directory: str, chunks, extra: dict | None = None) -> str:
   return directory
 
 
-class ChunkedSource:
+class ChunkedSource(_StoredSource):
   """Reads a chunked .npy store lazily (memory maps); rows are drawn across chunks."""
 
   def __init__(self, directory: str, seed: int = 0):
@@ -136,16 +156,9 @@ class ChunkedSource:
       out[sel[order]] = self._chunk(c)[local[order]]
     return out
 
-  def batch(self, step, batch_size):
-    return self.rows_at(_epoch_rows(int(self.offsets[-1]), self.seed, step, batch_size))
-
-  def batch_rows(self, step, batch_size, rows):
-    return self.rows_at(_epoch_rows(int(self.offsets[-1]), self.seed, step, batch_size)[rows])
-
-  def sample(self, n, seed):
-    total = int(self.offsets[-1])
-    rng = np.random.default_rng([int(seed), 0x5A])
-    return self.rows_at(rng.choice(total, size=min(n, total), replace=False))
+  @property
+  def n_rows(self):
+    return int(self.offsets[-1])
 
 
 class SyntheticSource:
@@ -164,7 +177,7 @@ class SyntheticSource:
     return self.planted.batch(self.seed + 1_000_003, 10_000_000 + int(seed), n)
 
 
-class ActivationCacheSource:
+class ActivationCacheSource(_StoredSource):
   """Rows of one hookpoint of a complete activation cache, drawn across its chunks."""
 
   def __init__(self, path: str, hookpoint: str, seed: int = 0):
@@ -184,16 +197,9 @@ class ActivationCacheSource:
   def rows_at(self, idx):
     return np.asarray(self.cache.get(self.hookpoint, idx), np.float32)
 
-  def batch(self, step, batch_size):
-    return self.rows_at(_epoch_rows(self.cache.n_tokens, self.seed, step, batch_size))
-
-  def batch_rows(self, step, batch_size, rows):
-    return self.rows_at(_epoch_rows(self.cache.n_tokens, self.seed, step, batch_size)[rows])
-
-  def sample(self, n, seed):
-    total = self.cache.n_tokens
-    rng = np.random.default_rng([int(seed), 0x5A])
-    return self.rows_at(rng.choice(total, size=min(n, total), replace=False))
+  @property
+  def n_rows(self):
+    return self.cache.n_tokens
 
 
 class LMSource:
