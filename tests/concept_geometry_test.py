@@ -208,3 +208,51 @@ def test_experiment_unknown_words(tmp_path, monkeypatch, minilm):
   p.write_text('{"r1": [["king", "queen"], ["man", "\\u2603"]], "r2": [["a", "b"], ["c", "d"]]}')
   with pytest.raises(ConfigError, match="word '\u2603' .* unknown to the tokenizer"):
     _run_tiny(tmp_path, monkeypatch, minilm, **{"crystals.pairs_file": str(p)})
+
+
+# ------------------------------------------------------------------ experiment: end to end
+
+def test_experiment_tiny_end_to_end_and_resume(tmp_path, monkeypatch, minilm, capfd):
+  """The whole experiment on MiniLM (tiny variant): cache, two TopK SAEs, crystals, lobes,
+  galaxy, figures; then the same command again resumes and reproduces every number.
+
+  The checks are properties the paper and the geometry notes predict, not stored values:
+  LDA on the relation labels sharpens the crystals (higher silhouette, smaller
+  parallelogram error); the lobes' 2-way split tracks the prose/code source of the blocks
+  beyond a label-permutation null; the notebook's bootstrap-with-replacement entropy
+  carries the duplicate artefact (notes B.3: about 1 - 1/e of points at distance 0).
+  """
+  import json
+  import os
+
+  _run_tiny(tmp_path, monkeypatch, minilm)
+  results = tmp_path / "w" / "results.json"
+  out = json.loads(results.read_text())
+  for f in out["figures"]:
+    assert os.path.getsize(f) > 1000 and open(f, "rb").read(4) == b"\x89PNG"
+
+  cr = out["crystals"]
+  assert cr["n_relations"] >= 6 and cr["pairs"]["kept"] == cr["n_pairs"]
+  assert cr["silhouette_after"][str(cr["best_dim"])] > cr["silhouette_before"] + 0.2
+  assert (cr["parallelogram_after"]["parallelogram_error"]
+          < cr["parallelogram_before"]["parallelogram_error"])
+
+  phi2 = out["lobes"]["1"]["affinities"]["phi"]["2"]
+  assert phi2["ami"] > phi2["ami_null_mean"] + 3 * phi2["ami_null_sd"]
+  assert phi2["sources"]["code"]["winner"] != phi2["sources"]["prose"]["winner"]
+
+  for layer in ("0", "1"):
+    g = out["galaxy"][layer]
+    assert g["decoder"]["r2"] > 0.9 and g["activations"]["slope"] < 0
+    boot = g["clustering_entropy_notebook"]
+    assert 0.5 < boot["zero_distance_fraction"] < 0.75
+    assert boot["value"] > g["clustering_entropy_notebook_no_bootstrap"]["value"] + 20
+    assert out["sae"][layer]["l0"] == 4.0 and out["sae"][layer]["explained_variance"] > 0.2
+
+  # the same command again: the cache is complete and both SAEs resume at their last step
+  capfd.readouterr()
+  _run_tiny(tmp_path, monkeypatch, minilm)
+  assert "[train] step" not in capfd.readouterr().err    # no SAE step was run again
+  again = json.loads(results.read_text())
+  for key in ("sae", "crystals", "lobes", "galaxy"):
+    assert again[key] == out[key], key
