@@ -91,6 +91,68 @@ def test_feature_geometry_signature(tmp_path):
   assert counts["1/2"] >= 20 and counts["2/5"] >= 3, counts
 
 
+def test_two_feature_loss_equals_monte_carlo_and_the_training_loss():
+  """The exact expected loss of the n=2, m=1 ReLU model against two estimates it shares no
+  code with, each within 4 standard errors: a NumPy Monte Carlo average over 2M draws of
+  the data law, and the training loss (toy.weighted_mse on the project's sampler) over 2M
+  draws."""
+  import jax.numpy as jnp
+  from jaxcode.data import sparse_features
+  from jaxcode.models import toy
+  rng = np.random.default_rng(0)
+  for w, b, dens, rel in [((1.0, -1.0), (-0.1, -0.05), 0.1, 2.0),
+                          ((0.9, 0.3), (-0.1, 0.05), 0.5, 0.5),
+                          ((0.0, 1.1), (0.2, 0.0), 1.0, 3.0)]:
+    exact = sup.two_feature_loss(np.array(w), np.array(b), dens, rel)
+    n = 2_000_000
+    x = rng.random((n, 2)) * (rng.random((n, 2)) < dens)
+    h = x @ np.array(w)
+    y = np.maximum(np.outer(h, w) + np.array(b), 0.0)
+    per = 0.5 * ((x[:, 0] - y[:, 0]) ** 2 + rel * (x[:, 1] - y[:, 1]) ** 2)
+    assert abs(per.mean() - exact) < 4 * per.std() / np.sqrt(n), (w, dens)
+    xs = sparse_features.sample(jax.random.key(1), n, 2, 1.0 - dens)
+    params = {"W": jnp.array(w, jnp.float32)[None, :, None], "b": jnp.array(b)[None]}
+    train = toy.weighted_mse(toy.ToyModel(n=2, m=1, init_std=0.1), params, xs[None],
+                             jnp.array([[1.0, rel]]), jnp.array([True]))
+    assert abs(float(train[0]) - exact) < 4 * per.std() / np.sqrt(n), (w, dens)
+
+
+def test_two_feature_theory_has_the_papers_three_phases():
+  """The corners of the published phase diagram (Elhage et al. 2022, 'Superposition as a
+  phase change', n=2, m=1): dense features, feature 2 ten times less important: not
+  represented; ten times more important: it takes the dimension; sparse features (density
+  0.01) of equal importance: an antipodal pair."""
+  assert sup.two_feature_optimum(1.0, 0.1)["phase"] == 0
+  dedicated = sup.two_feature_optimum(1.0, 10.0)
+  assert dedicated["phase"] == 1 and abs(abs(dedicated["w"][1]) - 1) < 0.1
+  anti = sup.two_feature_optimum(0.01, 1.0)
+  assert anti["phase"] == 2 and anti["w"][0] * anti["w"][1] < 0
+
+
+def test_phase_diagram_matches_theory(tmp_path):
+  """Trained models (best of 2 seeds by exact expected loss) land in the theoretical phase
+  in four cells well inside each region, and no trained model beats the theoretical
+  global minimum."""
+  c = configs.get_config("phase")
+  c.toy.sparsities, c.toy.relative_importance, c.toy.seeds = (0.0, 0.98), (0.2, 5.0), 2
+  c.steps, c.log_every, c.checkpoint.every = 3000, 1000, 3000
+  r = exp.run(c, str(tmp_path / "ph"))
+  ph = r["phase"]
+  assert ph["n_cells"] == 4 and ph["seeds_per_cell"] == 2
+  assert [cell["phase_theory"] for cell in ph["cells"]] == [2, 2, 0, 1]   # density, then rel
+  assert ph["agreement"] == 1.0, ph["cells"]
+  for cell in ph["cells"]:
+    assert cell["loss"] >= cell["loss_theory"] * (1 - 1e-4), cell
+  assert os.listdir(tmp_path / "ph" / "figures") == ["phase_diagram.png"]
+
+
+def test_phase_diagram_needs_the_two_feature_relu_model(tmp_path):
+  c = configs.get_config("phase")
+  c.toy.m = 2
+  with pytest.raises(ConfigError, match="toy.m=2.*needs n=2, m=1, models=\\('relu',\\)"):
+    exp.run(c, str(tmp_path / "w"))
+
+
 def test_eight_devices_equal_one_device(tmp_path):
   c = configs.get_config("tiny")
   c.steps = 60

@@ -11,6 +11,8 @@ All in float64 on the host.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Uniform polytopes and their feature dimensionality (paper, "Feature geometry").
@@ -114,3 +116,64 @@ def phase_of(w_NM, threshold: float = 0.5) -> int:
   if on[1]:
     return 1
   return 0
+
+
+# ------------------------------------------------------------------ two-feature phase theory
+
+@functools.lru_cache(maxsize=4)
+def _legendre_01(n_nodes: int) -> tuple[np.ndarray, ...]:
+  """Gauss-Legendre nodes and weights on [0, 1], and their tensor grid."""
+  t, w = np.polynomial.legendre.leggauss(n_nodes)
+  u, wu = 0.5 * (t + 1.0), 0.5 * w
+  u1, u2 = np.meshgrid(u, u, indexing="ij")
+  return u, wu, u1, u2, np.outer(wu, wu)
+
+
+def two_feature_loss(w_N, b_N, density: float, rel_importance: float,
+                     n_nodes: int = 64) -> float:
+  """Exact expected loss of the n=2, m=1 ReLU toy model (W = w_N[:, None], bias b_N).
+
+  x_f = z_f u_f with z_f ~ Bernoulli(density) and u_f ~ U[0, 1) independent (the training
+  sampler's law); loss = mean over the two features of I_f (x_f - ReLU(w_f (w . x) + b_f))^2
+  with I = (1, rel_importance), the normalisation of toy.weighted_mse. The expectation is
+  a sum over the four on/off patterns; the integrals over the active u's use Gauss-Legendre
+  nodes on [0, 1] (64 nodes: ~1e-6 relative, the ReLU kinks limit the order).
+  """
+  w1, w2 = (float(v) for v in np.ravel(w_N))
+  b1, b2 = (float(v) for v in np.ravel(b_N))
+  p = float(density)
+  u, wu, u1, u2, w12 = _legendre_01(n_nodes)
+  zero = np.zeros_like(u)
+
+  def mean_sq(x1, x2, weight):
+    h = w1 * x1 + w2 * x2
+    e1 = x1 - np.maximum(w1 * h + b1, 0.0)
+    e2 = x2 - np.maximum(w2 * h + b2, 0.0)
+    return float(np.sum(weight * 0.5 * (e1 ** 2 + rel_importance * e2 ** 2)))
+
+  return ((1 - p) ** 2 * mean_sq(0.0, 0.0, 1.0)
+          + p * (1 - p) * (mean_sq(u, zero, wu) + mean_sq(zero, u, wu))
+          + p * p * mean_sq(u1, u2, w12))
+
+
+def two_feature_optimum(density: float, rel_importance: float, seed: int = 0,
+                        n_random_starts: int = 2) -> dict:
+  """Global minimum of two_feature_loss over (w1, w2, b1, b2) by scipy L-BFGS-B from the
+  three candidate solutions of the paper (feature 1 alone, feature 2 alone, the antipodal
+  pair; both signs) and a few random starts. Returns the phase (phase_of), loss, w, b.
+
+  This is the theoretical phase diagram the trained models are compared with: the exact
+  expected loss, minimised by a generic optimiser, independent of the sampler, the
+  Adam(W) trajectory and the training code.
+  """
+  from scipy import optimize
+  rng = np.random.default_rng(seed)
+  starts = [(1, 0), (0, 1), (1, -1), (-1, 1)]
+  starts = [np.array([a, c, 0.0, 0.0], float) for a, c in starts]
+  starts += [0.7 * rng.standard_normal(4) for _ in range(n_random_starts)]
+  f = lambda t: two_feature_loss(t[:2], t[2:], density, rel_importance)
+  best = min((optimize.minimize(f, s, method="L-BFGS-B") for s in starts),
+             key=lambda r: r.fun)
+  w, b = best.x[:2], best.x[2:]
+  return {"phase": phase_of(w[:, None]), "loss": float(best.fun), "w": w.tolist(),
+          "b": b.tolist()}

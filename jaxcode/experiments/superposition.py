@@ -67,8 +67,9 @@ def validate(config, workdir: str) -> tuple[int, int]:
     if mdl not in MODELS:
       raise ConfigError(f"toy.models contains {mdl!r}: expected 'linear' or 'relu'")
   if tc.relative_importance:
-    if int(tc.n) != 2:
-      raise ConfigError(f"toy.n={tc.n}: the phase diagram (relative_importance set) needs n=2")
+    if int(tc.n) != 2 or int(tc.m) != 1 or tuple(tc.models) != ("relu",):
+      raise ConfigError(f"toy.n={tc.n}, toy.m={tc.m}, toy.models={list(tc.models)}: the phase "
+                        f"diagram (relative_importance set) needs n=2, m=1, models=('relu',)")
     for r in tc.relative_importance:
       if float(r) <= 0:
         raise ConfigError(f"toy.relative_importance contains {r}: expected positive values")
@@ -136,7 +137,8 @@ def make_task(config, inst: Instances, mesh) -> loop.Task:
                    aux_rules=rules, meta=meta)
 
 
-def analyse(params, inst: Instances) -> list[dict]:
+def analyse(params, inst: Instances, phase: bool = False) -> list[dict]:
+  """Per-instance records; for the phase diagram each also gets its exact expected loss."""
   host = parallel.to_host(params)
   w = np.asarray(host["W"], np.float64)
   b = np.asarray(host["b"], np.float64)
@@ -148,8 +150,32 @@ def analyse(params, inst: Instances) -> list[dict]:
            "relative_importance": float(inst.relative_importance[i]), "seed": int(inst.seed[i])}
     rec.update(sup.summarize(w[i], b[i]))
     rec["wtw"] = sup.gram(w[i]).tolist()
+    if phase:
+      rec["expected_loss"] = sup.two_feature_loss(w[i][:, 0], b[i], rec["density"],
+                                                  rec["relative_importance"])
     out.append(rec)
   return out
+
+
+def phase_summary(records: list[dict], seed: int = 0) -> dict:
+  """Per (density, relative importance) cell: the phase of the seed with the lowest exact
+  expected loss, the theoretical phase (global minimum of the same loss), and the
+  fraction of cells where they agree."""
+  cells = {}
+  for r in records:
+    key = (r["density"], r["relative_importance"])
+    if key not in cells or r["expected_loss"] < cells[key]["expected_loss"]:
+      cells[key] = r
+  rows = []
+  for (dens, rel), r in sorted(cells.items()):
+    theory = sup.two_feature_optimum(dens, rel, seed=seed)
+    rows.append({"density": dens, "relative_importance": rel,
+                 "phase": sup.phase_of(np.asarray(r["feature_norms"])[:, None]),
+                 "phase_theory": theory["phase"], "loss": r["expected_loss"],
+                 "loss_theory": theory["loss"], "seed": r["seed"]})
+  agree = [c["phase"] == c["phase_theory"] for c in rows]
+  return {"cells": rows, "agreement": float(np.mean(agree)), "n_cells": len(rows),
+          "seeds_per_cell": len(records) // max(1, len(rows))}
 
 
 def summary(instances: list[dict]) -> dict:
@@ -186,15 +212,18 @@ def run(config, workdir: str, mesh=None) -> dict:
     common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   task = make_task(config, inst, mesh)
   result = loop.train(task, config, workdir, mesh=mesh)
-  records = analyse(result.state.params, inst)
+  phase = bool(config.toy.relative_importance)
+  records = analyse(result.state.params, inst, phase)
   out = {"experiment": "superposition", "variant": config.get("variant", ""),
          "n": int(config.toy.n), "m": int(config.toy.m), "steps": int(config.steps),
          "final_loss": float(np.sum(np.asarray(result.metrics["instance_loss"])[:inst.n_real])),
          "device_count": jax.device_count(), "process_count": jax.process_count(),
          "instances": records, "summary": summary(records)}
+  if phase:
+    out["phase"] = phase_summary(records, int(config.seed))
   if parallel.is_main_process():
     from jaxcode.report import superposition as figs
     out["figures"] = figs.write_all(records, os.path.join(workdir, "figures"),
-                                    phase=bool(config.toy.relative_importance))
+                                    phase=out.get("phase"))
     common.write_json(os.path.join(workdir, "results.json"), out)
   return out

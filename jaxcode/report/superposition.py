@@ -78,30 +78,41 @@ def feature_dimensionality(records: list[dict], path: str) -> str:
   return _save(fig, path)
 
 
-def phase_diagram(records: list[dict], path: str) -> str:
-  from jaxcode.analysis.superposition import phase_of
-  rel = sorted({r["relative_importance"] for r in records})
-  dens = sorted({r["density"] for r in records})
-  grid = np.full((len(dens), len(rel)), np.nan)
-  for r in records:
-    w = np.asarray(r["feature_norms"])  # phase from norms: reconstruct [2, 1] magnitudes
-    grid[dens.index(r["density"]), rel.index(r["relative_importance"])] = phase_of(w[:, None])
-  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+def phase_diagram(phase: dict, path: str) -> str:
+  """Trained (lowest expected loss over seeds) and theoretical phase per cell, side by side;
+  cells where they disagree are crossed on the trained panel."""
+  cells = phase["cells"]
+  rel = sorted({c["relative_importance"] for c in cells})
+  dens = sorted({c["density"] for c in cells})
+  grids = {k: np.full((len(dens), len(rel)), np.nan) for k in ("phase", "phase_theory")}
+  for c in cells:
+    for k, g in grids.items():
+      g[dens.index(c["density"]), rel.index(c["relative_importance"])] = c[k]
   cmap = matplotlib.colors.ListedColormap(["#dddddd", "#4c72b0", "#dd8452"])
-  ax.pcolormesh(rel, dens, grid, cmap=cmap, vmin=-0.5, vmax=2.5, shading="nearest")
-  ax.set_xscale("log"); ax.set_yscale("log")
-  ax.set_xlabel("relative importance of feature 2")
-  ax.set_ylabel("feature density 1 - S")
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+  titles = {"phase": f"trained (best of {phase['seeds_per_cell']} seeds)",
+            "phase_theory": "theory (minimum of the exact expected loss)"}
+  for ax, (k, g) in zip(axes, grids.items()):
+    ax.pcolormesh(rel, dens, g, cmap=cmap, vmin=-0.5, vmax=2.5, shading="nearest")
+    ax.set_xscale("log"); ax.set_yscale("log")
+    ax.set_xlabel("relative importance of feature 2")
+    ax.set_title(titles[k], fontsize=9)
+  bad = [(c["relative_importance"], c["density"]) for c in cells
+         if c["phase"] != c["phase_theory"]]
+  if bad:
+    axes[0].scatter(*zip(*bad), marker="x", color="k", s=25, label="differs from theory")
+  axes[0].set_ylabel("feature density 1 - S")
   handles = [matplotlib.patches.Patch(color=c, label=l) for c, l in
              zip(cmap.colors, ["feature 2 not represented", "feature 2 dedicated", "superposition"])]
-  ax.legend(handles=handles, fontsize=7, loc="lower right")
-  ax.set_title("Two features in one dimension (n=2, m=1)")
+  axes[1].legend(handles=handles, fontsize=7, loc="lower right")
+  fig.suptitle(f"Two features in one dimension (n=2, m=1): "
+               f"{phase['agreement']:.0%} of {phase['n_cells']} cells agree")
   return _save(fig, path)
 
 
-def write_all(records: list[dict], figdir: str, phase: bool = False) -> list[str]:
+def write_all(records: list[dict], figdir: str, phase: dict | None = None) -> list[str]:
   if phase:
-    return [phase_diagram(records, os.path.join(figdir, "phase_diagram.png"))]
+    return [phase_diagram(phase, os.path.join(figdir, "phase_diagram.png"))]
   return [wtw_grid(records, os.path.join(figdir, "wtw_and_norms.png")),
           dims_per_feature(records, os.path.join(figdir, "dims_per_feature.png")),
           feature_dimensionality(records, os.path.join(figdir, "feature_dimensionality.png"))]
