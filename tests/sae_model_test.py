@@ -232,6 +232,21 @@ def test_sharded_topk_selects_global_topk():
   assert float(kth) == float(np.sort(np.asarray(x).ravel())[::-1][16])
 
 
+def _assert_same_value_and_grad(out0, out1, compare_aux: bool = False):
+  """Two jax.value_and_grad(make_loss, has_aux=True) results: equal loss, metrics, grads
+  (and aux when asked)."""
+  (l0, (m0, a0)), g0 = out0
+  (l1, (m1, a1)), g1 = out1
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  for k in m0:
+    np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  if compare_aux:
+    for k in a0:
+      np.testing.assert_allclose(a1[k], a0[k], rtol=1e-6, err_msg=k)
+  for k in g0:
+    np.testing.assert_allclose(g1[k], g0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
 @pytest.mark.parametrize("dead_tokens", [1, 10**9])   # AuxK active on a third of latents / off
 def test_sparse_decode_equals_dense(dead_tokens):
   """The sparse TopK path (custom VJPs, one backward loop for TopK and AuxK ranks) against
@@ -251,15 +266,10 @@ def test_sparse_decode_equals_dense(dead_tokens):
       aux["tokens_since_fired"] = aux["tokens_since_fired"].at[:, ::3].set(1)
       outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(
           params, aux, x, None, 0))
-    (l0, (m0, _)), g0 = outs[0]
-    (l1, (m1, _)), g1 = outs[1]
-    np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    for k in m0:
-      np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    _assert_same_value_and_grad(outs[0], outs[1])
     if dead_tokens == 1:
+      m0 = outs[0][0][1][0]
       assert float(m0["aux_loss"] if "aux_loss" in m0 else m0["aux_loss/0"]) > 0
-    for k in g0:
-      np.testing.assert_allclose(g1[k], g0[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
 def test_unit_norm_decoder_gradient_is_projected():
@@ -326,14 +336,6 @@ def test_sweep_modes_agree(arch, extra):
     params, aux = sae.make_init(cfg, np.asarray(x))(jax.random.key(1))
     outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(
         params, aux, x, None, 3))
-  (l0, (m0, a0)), g0 = outs[0]
-  (l1, (m1, a1)), g1 = outs[1]
-  np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  for k in m0:
-    np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-7, err_msg=k)
-  for k in a0:
-    np.testing.assert_allclose(a1[k], a0[k], rtol=1e-6, err_msg=k)
-  for k in g0:
-    np.testing.assert_allclose(g1[k], g0[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  _assert_same_value_and_grad(outs[0], outs[1], compare_aux=True)
   with pytest.raises(parallel.ConfigError, match="sae.sweep_mode='pmap'"):
     sae.SAEConfig(architecture=arch, d_in=8, d_sae=24, sweep_mode="pmap")
