@@ -219,9 +219,9 @@ def run(config, workdir: str, mesh=None) -> dict:
          "final_loss": float(np.sum(np.asarray(result.metrics["instance_loss"])[:inst.n_real])),
          "device_count": jax.device_count(), "process_count": jax.process_count(),
          "instances": records, "summary": summary(records)}
-  if phase:
-    out["phase"] = phase_summary(records, int(config.seed))
   if parallel.is_main_process():
+    if phase:   # the theory solves every cell once, on the process that writes the results
+      out["phase"] = phase_summary(records, int(config.seed))
     from jaxcode.report import superposition as figs
     out["figures"] = figs.write_all(records, os.path.join(workdir, "figures"),
                                     phase=out.get("phase"))
