@@ -2,8 +2,9 @@
 
 References we did not write: the exact stationary law of the Euler-Maruyama
 Langevin chain on a Gaussian target (an AR(1) process: mean m, variance
-1 / (lambda (1 - eta lambda / 2)) in preconditioned units), and bit-exact
-agreement of resumed / sharded runs with an uninterrupted single-device run.
+1 / (lambda (1 - eta lambda / 2)) in preconditioned units), bit-exact agreement
+of a resumed run with the uninterrupted run on the same mesh, and agreement of the
+8-device sharded run with a single-device run to float32 rounding.
 """
 
 import shutil

@@ -34,4 +34,8 @@ def test_values_do_not_depend_on_sharding():
   a = jax.jit(f)(jax.random.key(1))
   b = sf.sample_instances(jax.random.key(1), ids, 64, 16, s)
   assert len(a.sharding.device_set) == 8
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # One jitted program sharded over 8 devices against op-by-op on one: the same elementwise
+  # arithmetic, but other programs may round differently, so a tolerance of ~16 float32
+  # ulps on [0, 1) (spacing <= 6e-8); a sharding-dependent stream would differ by O(0.1).
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+  assert np.mean(np.asarray(b) > 0) > 0.3         # not trivially all zeros
