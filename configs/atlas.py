@@ -30,14 +30,29 @@ from ml_collections import ConfigDict
 
 from configs import sae as sae_configs
 
-VARIANTS = ("minilm", "gpt2", "pythia", "bert", "tiny")
+VARIANTS = {   # name: the model whose atlas it makes
+    "minilm": "the embedded all-MiniLM-L6-v2, every block (about 5 minutes on 2 CPU cores)",
+    "gpt2": "GPT-2 small from the Hub (online)",
+    "pythia": "EleutherAI/pythia-70m from the Hub (online)",
+    "bert": "bert-base-uncased from the Hub (online)",
+    "tiny": "MiniLM, 2 blocks, ~500 tokens: seconds; what the tests run",
+}
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("model", "'minilm', a checkpoint directory (GPT-2, GPT-NeoX, BERT) or a Hub id"),
+    ("layers", "blocks analysed, e.g. '(0,3,5)'; () = every block"),
+    ("extract.corpus", "corpus spec: default:N, a .jsonl, text files, hf:NAME"),
+    ("extract.max_tokens", "packed positions fed to the model"),
+    ("sae_train.sae.d_sae", "SAE latents per layer (0: 2 x the model width)"),
+    ("sae_train.sae.k", "active latents per token"),
+    ("sae_train.steps", "SAE updates per layer"),
+)
 MODELS = dict(minilm="minilm", gpt2="gpt2", pythia="EleutherAI/pythia-70m",
               bert="bert-base-uncased", tiny="minilm")
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = ConfigDict()
   c.variant = variant            # written into results.json
   c.model = MODELS[variant]      # 'minilm' (embedded all-MiniLM-L6-v2), a checkpoint dir or Hub id

@@ -29,12 +29,27 @@ from ml_collections import ConfigDict
 
 from jaxcode.train.loop import default_train_config
 
-TASKS = ("toy", "digits", "mnist", "cifar10")
+VARIANTS = {   # name (= data.name): the task the networks learn
+    "toy": "16 random inputs in 3 unbalanced classes, width 256, 40k Langevin steps",
+    "digits": "scikit-learn's 8x8 digits, 300 training images, width 128",
+    "mnist": "MNIST, 1000 training images, width 512 (idx files in $JAXCODE_DATA/mnist)",
+    "cifar10": "CIFAR-10, 1000 training images, width 512 (binary batches in $JAXCODE_DATA)",
+}
+TASKS = tuple(VARIANTS)
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("nonlinearities", "one posterior per nonlinearity, e.g. '(\"erf\",)'"),
+    ("steps", "Langevin updates per nonlinearity"),
+    ("model.width", "N, hidden units per layer"),
+    ("data.n_train", "P, training points"),
+    ("sampling.beta", "inverse temperature of the loss"),
+    ("sampling.step_size.relu", "Langevin step of the ReLU network (also .linear, .erf)"),
+    ("sampling.n_chains", "independent chains"),
+)
 
 
 def get_config(task: str = "toy") -> ConfigDict:
   if task not in TASKS:
-    raise ValueError(f"task {task!r}: expected one of {TASKS}")
+    raise ValueError(f"variant {task!r}: expected one of {', '.join(VARIANTS)}")
   c = default_train_config()
   c.task = task                     # name written into results.json
   c.nonlinearities = ("linear", "erf", "relu")   # one posterior per nonlinearity, one run

@@ -16,13 +16,24 @@ from ml_collections import ConfigDict
 
 from configs import sae as sae_configs
 
-VARIANTS = ("minilm", "tiny")
+VARIANTS = {   # name: what it runs
+    "minilm": "the embedded MiniLM, all 6 blocks, one TopK SAE per block (a few minutes)",
+    "tiny": "MiniLM, 2 blocks, a few hundred tokens: seconds; what the tests run",
+}
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("model", "'minilm' or a Hugging Face model directory / Hub id"),
+    ("layers", "blocks analysed, e.g. '(0,1,2)'"),
+    ("sae_paths", "published SAEs, one per layer, instead of training"),
+    ("corpus.spec", "corpus spec (jaxcode.data.corpus.load_corpus)"),
+    ("sae_train.sae.d_sae", "SAE latents per layer"),
+    ("lobes.layers", "blocks whose SAE features are clustered"),
+)
 AFFINITIES = ("smc", "jaccard", "dice", "overlap", "phi")
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = ConfigDict()
   c.variant = variant            # written into results.json
   c.seed = 0                     # subsampling, nulls, spectral clustering offsets

@@ -14,12 +14,22 @@ from ml_collections import ConfigDict
 from configs.neuromfa import get_config as neuromfa_config
 from jaxcode.train.loop import default_train_config
 
-VARIANTS = ("default", "tiny")
+VARIANTS = {   # name: what it trains
+    "default": "GPT-2 with d_model 64, 2 blocks, 512 steps of 16 x 64 tokens (~5 minutes)",
+    "tiny": "d_model 16, 1 block, 8 steps: seconds; what the tests run",
+}
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("steps", "total updates"),
+    ("model.d_model", "residual width"),
+    ("model.n_layers", "blocks"),
+    ("data.batch", "sequences per step"),
+    ("neuromfa.S", "sampled neurons per layer"),
+)
 
 
 def get_config(variant: str = "default") -> ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = default_train_config()
   c.variant = variant            # the name written into results.json
   c.steps = 512                  # total updates

@@ -17,12 +17,22 @@ line, e.g. --config.max_tokens=0 (whole corpus) --config.model=/ckpt/pythia-70m
 
 from ml_collections import ConfigDict
 
-VARIANTS = ("minilm", "tiny")
+VARIANTS = {   # name: what it caches
+    "minilm": "the embedded MiniLM, default corpus, all 6 blocks, 131k positions (~3 minutes)",
+    "tiny": "MiniLM, 2 blocks, 1024 positions: seconds; what the tests run",
+}
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("model", "'minilm', a checkpoint directory or Hub id"),
+    ("corpus", "'default', 'default:N', a .jsonl, text files, 'hf:NAME'"),
+    ("max_tokens", "cap on packed positions (0: all)"),
+    ("hookpoints", "what to cache, e.g. '(\"blocks.3.resid_post\",)'"),
+    ("dtype", "cache dtype: float32 | float16 | bfloat16"),
+)
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = ConfigDict()
   c.variant = variant            # the name written into results.json
   c.model = "minilm"             # 'minilm' (the embedded all-MiniLM-L6-v2), a checkpoint dir or Hub id

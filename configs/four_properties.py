@@ -12,13 +12,23 @@ block; '' for none): --config.sae_paths="('', /sae/l1, ...)".
 
 from ml_collections import ConfigDict
 
-VARIANTS = ("minilm", "gpt2", "pythia")
+VARIANTS = {   # name: the model measured
+    "minilm": "the embedded all-MiniLM-L6-v2",
+    "gpt2": "GPT-2 small from the Hub (online)",
+    "pythia": "EleutherAI/pythia-70m from the Hub (online)",
+}
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("model", "'minilm', a checkpoint directory or a Hub id"),
+    ("template", "context sentence ({word} is replaced)"),
+    ("sae_paths", "SAELens exports, one per residual layer ('' for none)"),
+    ("batch", "sentences per forward pass"),
+)
 MODELS = dict(minilm="minilm", gpt2="gpt2", pythia="EleutherAI/pythia-70m")
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = ConfigDict()
   c.variant = variant
   c.model = MODELS[variant]     # 'minilm' (pip package), a checkpoint directory or a Hub id

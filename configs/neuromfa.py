@@ -12,14 +12,26 @@ Checkpoint specs: 'minilm' | 'hub:ID@REV' | 'orbax:RUN_DIR[@STEP]' | a local HF 
 
 from ml_collections import ConfigDict
 
-VARIANTS = ("minilm", "multihop", "pythia14m", "tiny")
+VARIANTS = {   # name: what it analyses
+    "minilm": "the embedded MiniLM, the released one-hop algorithm",
+    "multihop": "MiniLM, multi-hop shortest-path distances, S = 32",
+    "pythia14m": "27 training checkpoints of EleutherAI/pythia-14m from the Hub (online)",
+    "tiny": "the GPT-2 test fixture, S = 8: seconds; what the tests run",
+}
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("checkpoints", "the series, e.g. '(\"orbax:/tmp/emergence\",)'"),
+    ("S", "sampled neurons per layer"),
+    ("seeds", "index samples, e.g. '(0,1,2)'"),
+    ("mode", "paper | multihop"),
+    ("q_step", "spacing of the q grid (q_min .. q_max)"),
+)
 PYTHIA_STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 3000, 13000, 23000, 33000,
                 43000, 53000, 63000, 73000, 83000, 93000, 103000, 113000, 123000, 133000, 143000)
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = ConfigDict()
   c.variant = variant            # the name written into results.json
   c.checkpoints = ("minilm",)    # the series, in order (specs: see the module docstring)

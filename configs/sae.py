@@ -15,13 +15,32 @@ from ml_collections import ConfigDict
 
 from jaxcode.train.loop import default_train_config
 
-VARIANTS = ("relu", "relu_classic", "topk", "batchtopk", "jumprelu", "jumprelu_tanh",
-            "matryoshka")
+VARIANTS = {   # name (= sae.architecture): the SAE it trains
+    "relu": "Anthropic April 2024: L1 on codes weighted by decoder norms, unconstrained decoder",
+    "relu_classic": "Towards Monosemanticity: L1 on codes, unit-norm decoder rows",
+    "topk": "OpenAI TopK: k active latents per token, AuxK loss for dead latents",
+    "batchtopk": "BatchTopK: k x batch active latents per batch, exported as JumpReLU",
+    "jumprelu": "JumpReLU with an L0 penalty (straight-through rectangle kernel)",
+    "jumprelu_tanh": "JumpReLU, Anthropic January 2025: tanh penalty and pre-activation loss",
+    "matryoshka": "BatchTopK selection, loss averaged over nested dictionary prefixes",
+}
+COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
+    ("steps", "optimizer updates"),
+    ("sae.d_sae", "latents"),
+    ("sae.k", "active latents per token (topk, batchtopk, matryoshka)"),
+    ("sae.sparsity_coef", "sparsity penalty (relu*, jumprelu*)"),
+    ("sae.sweep_k", "several k trained at once, e.g. '(16,32,64)'"),
+    ("data.kind", "synthetic | array_npy | chunked | activation_cache | lm"),
+    ("data.path", ".npy file, chunked store, activation cache dir, or (lm) model"),
+    ("data.hookpoint", "activation_cache / lm: which hookpoint, e.g. blocks.6.resid_post"),
+    ("optim.lr", "peak learning rate"),
+    ("batch_size", "activations (tokens) per step"),
+)
 
 
 def get_config(arch: str = "topk") -> ConfigDict:
   if arch not in VARIANTS:
-    raise ValueError(f"variant {arch!r}: expected one of {VARIANTS}")
+    raise ValueError(f"variant {arch!r}: expected one of {', '.join(VARIANTS)}")
   c = default_train_config()
   c.steps = 2000                 # optimizer updates
   c.log_every = 100              # metrics.jsonl interval

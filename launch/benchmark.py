@@ -1,4 +1,7 @@
-"""Runs one benchmark: python -m launch.benchmark --config=configs/bench/<name>.py."""
+"""Runs one benchmark and prints the ratios it measured in the same run.
+
+python -m launch.benchmark --config=configs/bench/<name>.py[:VARIANT] [--out=FILE.json]
+"""
 
 import importlib
 import json
@@ -8,6 +11,7 @@ from jaxcode.experiments import common
 from absl import app, flags
 from ml_collections import config_flags
 
+CONFIG = "configs/bench"   # no default: --help lists the benchmark configs in this folder
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the measured numbers.")
 
@@ -25,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.app_run(main)
+  common.app_run(main, CONFIG)

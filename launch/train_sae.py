@@ -8,8 +8,9 @@ from ml_collections import config_flags
 
 from jaxcode.experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/sae.py", "Experiment config.",
-                                          lock_config=True)
+CONFIG = "configs/sae.py"   # the default --config
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, f"Experiment config (default {CONFIG}).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 
 
@@ -22,4 +23,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
-  common.app_run(main)
+  common.app_run(main, CONFIG)
