@@ -99,12 +99,15 @@ def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.all(np.isfinite(x)) for x in _leaves(state.params))
 
 
-def test_corrupt_checkpoint_is_reported(tmp_path):
+def test_incomplete_checkpoint_is_removed_and_the_previous_one_resumed(tmp_path, capfd):
   wd = str(tmp_path / "c")
   loop.train(_task(), _cfg(20), wd)
-  shutil.rmtree(os.path.join(wd, "checkpoints", "20", "state"))
-  with pytest.raises(ConfigError, match=r"corrupt checkpoint .*20: missing state"):
-    loop.train(_task(), _cfg(30), wd)
+  complete = ckpt_lib.check_directory(os.path.join(wd, "checkpoints"))
+  shutil.rmtree(os.path.join(wd, "checkpoints", "20", "state"))   # as a cut-off deletion leaves
+  capfd.readouterr()
+  res = loop.train(_task(), _cfg(30), wd)
+  assert "removed incomplete" in capfd.readouterr().err
+  assert res.resumed_from == complete[-2] and int(res.state.step) == 30
 
 
 def test_resume_with_other_seed_is_refused(tmp_path):

@@ -212,13 +212,19 @@ def train(task: Task, cfg, workdir: str, mesh=None,
                                int(cfg.checkpoint.keep), bool(cfg.checkpoint.async_save))
   abstract, shardings, make_state = create_state(task, tx, int(cfg.seed), mesh)
   meta = {"seed": int(cfg.seed), "steps": total, **task.meta}
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, saved = ckpt.restore(latest, ckpt_lib.abstract_with_shardings(abstract, shardings))
+
+  def same_run(saved):
     for k, v in meta.items():
       if k != "steps" and saved.get(k) != v:
         raise ConfigError(f"workdir {workdir} holds a run with {k}={saved.get(k)!r}, "
                           f"this config has {k}={v!r}; use another workdir")
+
+  restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(abstract, shardings),
+                                 accept=same_run)
+  latest, last = None, {}
+  if restored is not None:
+    latest, state, saved = restored
+    last = {k: np.asarray(v) for k, v in saved.get("metrics", {}).items()}
   else:
     state = make_state()
   start = int(jax.device_get(state.step))
@@ -237,7 +243,6 @@ def train(task: Task, cfg, workdir: str, mesh=None,
   writer = metrics_lib.MetricWriter(workdir, enabled=main, resume_step=start)
   progress = metrics_lib.Progress(total, start, enabled=main)
   every, log_every = int(cfg.checkpoint.every), int(cfg.log_every)
-  last = {}
 
   def feed(s):
     if task.batch is None:
@@ -258,7 +263,7 @@ def train(task: Task, cfg, workdir: str, mesh=None,
   def handle(s, m):
     nonlocal last
     host = jax.device_get(m)
-    metrics_lib.check_finite(s, host)
+    metrics_lib.check_finite(s, host, ckpt.latest_step)
     last = host
     if s % log_every == 0 or s == total:
       writer.write(s, host)
@@ -278,7 +283,8 @@ def train(task: Task, cfg, workdir: str, mesh=None,
         if (s + 1) % every == 0 or s + 1 == total or stop:
           handle(*pending)      # a checkpoint is written only after its metrics pass the guard
           pending = None
-          ckpt.save(s + 1, state, {**meta, "step": s + 1}, force=True)
+          ckpt.save(s + 1, state, {**meta, "step": s + 1, "metrics": metrics_lib.to_json(last)},
+                    force=True)
         if stop:
           ckpt.wait()
           raise Preempted(s + 1, flag.signum)
@@ -296,7 +302,7 @@ def restore_state(task: Task, cfg, workdir: str, mesh=None, step: int | None = N
   mesh = mesh if mesh is not None else parallel.mesh_from_config(cfg.mesh)
   tx = task.tx if task.tx is not None else optim.make_optimizer(cfg.optim, int(cfg.steps))
   abstract, shardings, _ = create_state(task, tx, int(cfg.seed), mesh)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1, clean=False)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:

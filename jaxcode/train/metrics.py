@@ -24,14 +24,23 @@ def to_python(x: Any):
   return a.tolist()
 
 
-def check_finite(step: int, metrics: dict) -> None:
+def to_json(metrics: dict) -> dict:
+  """Host metrics as JSON values (stored with each checkpoint)."""
+  return {k: to_python(v) for k, v in metrics.items()}
+
+
+def check_finite(step: int, metrics: dict, last_checkpoint=None) -> None:
+  """Raises NonFiniteError naming the step and metric; `last_checkpoint()` gives the step of
+  the newest checkpoint (or None), so the message says what is kept."""
   for name, value in metrics.items():
     a = np.asarray(value)
     if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
       bad = np.flatnonzero(~np.isfinite(a.ravel()))
       where = "" if a.ndim == 0 else f" (at flat index {int(bad[0])} of {a.size})"
-      raise NonFiniteError(f"step {step}: metric '{name}' is {a.ravel()[bad[0]]}{where}; "
-                           "the last good checkpoint is kept")
+      kept = last_checkpoint() if last_checkpoint is not None else None
+      tail = (f"the last good checkpoint (step {kept}) is kept" if kept is not None
+              else "no checkpoint was written yet")
+      raise NonFiniteError(f"step {step}: metric '{name}' is {a.ravel()[bad[0]]}{where}; {tail}")
 
 
 class MetricWriter:
