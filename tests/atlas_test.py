@@ -93,8 +93,14 @@ def test_stop_and_rerun_reuses_finished_stages(finished, capsys):
   assert not any(p.startswith(("estimates", "four_properties", "neuromfa")) for p in before)
   # nothing the first run finished was rewritten by the second
   assert {p: after[p] for p in done} == {p: before[p] for p in done}
-  # a third run recomputes no stage: every stage file keeps its time, results are the same
+  # a rerun of the finished atlas is a no-op that says where its results are
   capsys.readouterr()
+  noop = atlas.run(finished["cfg"], wd)
+  assert noop["layers"][1]["twonn"] == finished["res"]["layers"][1]["twonn"]
+  assert f"already finished in {wd}" in capsys.readouterr().err
+  # killed after its last stage (before finished.json): no stage is recomputed, every stage
+  # file keeps its time, results are the same
+  os.remove(os.path.join(wd, "finished.json"))
   again = atlas.run(finished["cfg"], wd)
   err = capsys.readouterr().err
   for stage in ("extract", "sae layer 0", "sae layer 1", "estimates layer 0",
@@ -111,6 +117,7 @@ def test_half_written_stage_is_redone(finished, tmp_path):
   import shutil
   wd = str(tmp_path / "copy")
   shutil.copytree(finished["wd"], wd)
+  os.remove(os.path.join(wd, "finished.json"))   # killed: the run never finished
   est = os.path.join(wd, "estimates", "layer_1.json")
   want = json.load(open(est))
   os.replace(est, est + ".tmp-999")

@@ -102,9 +102,9 @@ def test_sigkill_midway_then_rerun_finishes_without_redoing_chunks(tmp_path):
                                atol=1e-6)
   res = json.loads((wd / "results.json").read_text())
   assert res["tokens_per_s"] > 0 and json.loads((wd / "config.json").read_text())["seq_len"] == 16
-  again = exp.run(c, str(wd), mesh=parallel.single_device_mesh())
-  assert again["chunks_computed"] == 0 and again["tokens_per_s"] is None
-  assert [r["chunks_computed"] for r in again["runs"]] == [out["chunks_computed"], 0]
+  again = exp.run(c, str(wd), mesh=parallel.single_device_mesh())   # finished: a no-op
+  assert again == res and os.stat(first).st_mtime_ns == mtime
+  assert [r["chunks_computed"] for r in again["runs"]] == [out["chunks_computed"]]
   assert again["tokens_per_s_all_runs"] > 0
 
 
@@ -134,7 +134,7 @@ def test_eight_devices_equal_one_and_bad_input(tmp_path):
   n_files = len(glob.glob(os.path.join(wd, "activations", "**", "*"), recursive=True))
   with pytest.raises(ConfigError, match="hookpoints"):   # the cache holds other hookpoints
     exp.run(tiny_gpt2(hookpoints=HOOKS[:1]), wd, mesh=mesh)
-  with pytest.raises(ConfigError, match="corpus_fingerprint"):   # same settings, other corpus
+  with pytest.raises(ConfigError, match="corpus='default:1'"):   # the workdir's run, another corpus
     exp.run(tiny_gpt2(corpus="default:2"), wd, mesh=mesh)
   assert len(glob.glob(os.path.join(wd, "activations", "**", "*"), recursive=True)) == n_files
   with pytest.raises(ConfigError, match="rows_per_chunk"):

@@ -12,7 +12,9 @@ tokens (BOS/CLS/SEP/EOS) and padding are dropped by default. Files are written u
 temporary name and renamed; the manifest is rewritten after each chunk. A rerun with the
 same settings keeps every chunk whose files match their checksums and recomputes the
 rest, so an interrupted extraction finishes where it stopped and a truncated or corrupt
-chunk is redone.
+chunk is redone. The reader checks each file against the manifest's sha256 the first time
+this process reads it (later reads, by any reader, skip the hash): a damaged file is a
+one-line ConfigError naming it, never silently wrong activations.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from jaxcode import faults
 from jaxcode.data.corpus import Packed
 from jaxcode.parallel import ConfigError
 
@@ -89,12 +92,50 @@ def _chunk_files(i: int, hookpoints: Sequence[str]) -> dict[str, str]:
   return files
 
 
+# (absolute path, sha256) of the cache files whose contents were hashed and found to match
+# in this process: a file is hashed on its first read only, not by every reader.
+_VERIFIED: set[tuple[str, str]] = set()
+
+
+def _file_ok(path: str, digest: str) -> bool:
+  """Hashes the file now; records (or forgets) it as verified for later reads."""
+  key = (os.path.abspath(path), digest)
+  ok = os.path.isfile(path) and sha256_file(path) == digest
+  if ok:
+    _VERIFIED.add(key)
+  else:
+    _VERIFIED.discard(key)
+  return ok
+
+
+def _bad_files(out_dir: str, entry: dict) -> list[str]:
+  """Files of a chunk (relative paths) missing or not matching their sha256; hashes all."""
+  return [rel for rel, digest in entry["sha256"].items()
+          if not _file_ok(os.path.join(out_dir, rel), digest)]
+
+
 def _chunk_ok(out_dir: str, entry: dict) -> bool:
-  for rel, digest in entry["sha256"].items():
-    path = os.path.join(out_dir, rel)
-    if not os.path.isfile(path) or sha256_file(path) != digest:
-      return False
-  return True
+  return not _bad_files(out_dir, entry)
+
+
+def verified_path(out_dir: str, entry: dict, rel: str) -> str:
+  """The path of a chunk file, checked against the manifest's sha256 on its first read in
+  this process; a missing, truncated or corrupt file is a one-line ConfigError naming it."""
+  path = os.path.join(out_dir, rel)
+  digest = entry.get("sha256", {}).get(rel)
+  if digest is not None and (os.path.abspath(path), digest) in _VERIFIED:
+    return path
+  fix = ("rerun the extraction into this cache (the same command and workdir), which "
+         "recomputes the chunk")
+  where = os.path.join(out_dir, MANIFEST)
+  if digest is None:
+    raise ConfigError(f"{path}: {where} records no sha256 for it: {fix}")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{path} is missing (listed in {where}): {fix}")
+  if not _file_ok(path, digest):
+    raise ConfigError(f"{path} does not match the sha256 recorded in {where} (corrupt or "
+                      f"truncated): {fix}")
+  return path
 
 
 _SETTINGS = ("model", "revision", "hookpoints", "dtype", "seq_len", "rows_per_chunk",
@@ -180,7 +221,10 @@ def extract(lm, packed: Packed, hookpoints: Sequence[str], out_dir: str, *,
       arr = np.ascontiguousarray(arr.astype(cast[h]).view(_STORED[dtype]))
       _atomic_write(os.path.join(out_dir, files[h]), lambda f: np.save(f, arr))
     for rel in files.values():
-      digests[rel] = sha256_file(os.path.join(out_dir, rel))
+      path = os.path.join(out_dir, rel)
+      digests[rel] = sha256_file(path)
+      _VERIFIED.add((os.path.abspath(path), digests[rel]))   # just written: no rehash on read
+    faults.point("cache.chunk")     # crash tests: files written, manifest not yet
     n = int(keep.sum())
     done[i] = dict(index=i, rows=[r0, r1], n_tokens=n, sha256=digests)
     manifest["chunks"] = sorted(done.values(), key=lambda e: e["index"])
@@ -228,7 +272,8 @@ def _progress(total: int, enabled: bool):
 
 @dataclass
 class ActivationCache:
-  """Random access to a complete cache: `get(hookpoint, token_indices)` -> [n, width]."""
+  """Random access to a complete cache: `get(hookpoint, token_indices)` -> [n, width].
+  Every file is checked against its recorded sha256 on its first read in this process."""
   path: str
   manifest: dict
 
@@ -268,14 +313,22 @@ class ActivationCache:
     return int(self.manifest["widths"][hookpoint])
 
   def verify(self) -> list[int]:
-    """Indices of chunks whose files do not match their checksums (empty when intact)."""
+    """Indices of chunks whose files do not match their checksums (empty when intact).
+    Hashes every file now; the intact ones are not hashed again when read."""
     return [e["index"] for e in self.chunks if not _chunk_ok(self.path, e)]
+
+  def corrupt_files(self) -> list[str]:
+    """Like verify(), but the files (relative to the cache) that are missing or corrupt."""
+    return [rel for e in self.chunks for rel in _bad_files(self.path, e)]
+
+  def _file(self, k: int, rel: str) -> str:
+    return verified_path(self.path, self.chunks[k], rel)
 
   def _chunk(self, hookpoint: str, k: int) -> np.ndarray:
     key = (hookpoint, k)
     if key not in self._mmaps:
       rel = _chunk_files(self.chunks[k]["index"], [hookpoint])[hookpoint]
-      a = np.load(os.path.join(self.path, rel), mmap_mode="r")
+      a = np.load(self._file(k, rel), mmap_mode="r")
       self._mmaps[key] = a.view(self.dtype) if self.manifest["dtype"] == "bfloat16" else a
     return self._mmaps[key]
 
@@ -285,7 +338,7 @@ class ActivationCache:
 
   def tokens(self, k: int) -> dict[str, np.ndarray]:
     rel = _chunk_files(self.chunks[k]["index"], [])["tokens"]
-    with np.load(os.path.join(self.path, rel)) as z:
+    with np.load(self._file(k, rel)) as z:
       return {n: z[n] for n in z.files}
 
   def get(self, hookpoint: str, idx) -> np.ndarray:

@@ -178,7 +178,9 @@ class SyntheticSource:
 
 
 class ActivationCacheSource(_StoredSource):
-  """Rows of one hookpoint of a complete activation cache, drawn across its chunks."""
+  """Rows of one hookpoint of a complete activation cache, drawn across its chunks; read
+  through ActivationCache.get, so each chunk file is checked against the manifest's sha256
+  on its first read (a corrupt or truncated one is a ConfigError naming it)."""
 
   def __init__(self, path: str, hookpoint: str, seed: int = 0):
     from jaxcode.data.activations import ActivationCache
@@ -267,6 +269,24 @@ class LMSource:
 KINDS = ("synthetic", "array_npy", "chunked", "activation_cache", "lm")
 
 
+def _read_npy(path: str) -> np.ndarray:
+  """data.kind='array_npy': a numeric [N, D] array in a .npy file (never unpickled)."""
+  what = "expected a .npy file holding a numeric [N, D] array of activations"
+  if not path or not os.path.isfile(path):
+    raise ConfigError(f"data.path={path!r}: {'no such file' if path else 'empty'}: {what}")
+  try:
+    x = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    why = "pickled data, never loaded" if "pickle" in str(e) else " ".join(str(e).split())
+    raise ConfigError(f"data.path={path!r}: not a .npy array ({why}): {what}") from None
+  if not isinstance(x, np.ndarray):   # an .npz archive
+    x.close()
+    raise ConfigError(f"data.path={path!r}: an .npz archive: {what}")
+  if x.dtype.kind not in "fiu" or x.ndim != 2 or 0 in x.shape:
+    raise ConfigError(f"data.path={path!r}: a {x.dtype} array of shape {x.shape}: {what}")
+  return x
+
+
 def from_config(cfg) -> ActivationSource:
   """Source from a config with `kind` in KINDS and its fields (path, hookpoint, seed ...)."""
   kind = cfg.kind
@@ -275,7 +295,7 @@ def from_config(cfg) -> ActivationSource:
         d_in=int(cfg.d_in), n_features=int(cfg.n_features), l0=float(cfg.l0),
         alpha=float(cfg.alpha), seed=int(cfg.dict_seed)), seed=int(cfg.seed))
   if kind == "array_npy":
-    return ArraySource(np.load(cfg.path), seed=int(cfg.seed))
+    return ArraySource(_read_npy(str(cfg.path)), seed=int(cfg.seed))
   if kind == "chunked":
     return ChunkedSource(cfg.path, seed=int(cfg.seed))
   if kind == "activation_cache":

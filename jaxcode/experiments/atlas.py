@@ -14,8 +14,10 @@ run(config, workdir) composes the other experiments, each stage in its own folde
 
 A stage is complete when its final file (results.json / layer_<i>.json, written last by an
 atomic rename) exists; complete stages are reused, a half-written one is redone (the cache
-keeps its complete chunks and an SAE resumes from its last checkpoint). atlas.json records
-what the workdir holds, so a workdir with another model's atlas is refused before compute.
+keeps its complete chunks and an SAE resumes from its last checkpoint). The cache is reused
+only when every file matches the sha256 in its manifest; a damaged chunk is named in one
+line and recomputed. atlas.json records what the workdir holds, so a workdir with another
+model's atlas is refused before compute.
 """
 
 from __future__ import annotations
@@ -96,6 +98,23 @@ def check_identity(workdir: str, want: dict) -> None:
                       f"another workdir or the same config")
 
 
+def validate_sae_train(t, d_in: int | None = None, d_sae: int | None = None) -> None:
+  """The SAE stage's checks, by launch.train_sae's own validators (so the limits are the
+  same, e.g. 0 < k <= d_sae), with the fields named as sae_train.*: the training settings,
+  and once the model's width d_in is known the SAE itself."""
+  from jaxcode.experiments import train_sae
+  from jaxcode.models import sae as sae_lib
+  train_sae.validate_settings(t, where="sae_train.")
+  if d_in is None:
+    return
+  s = ConfigDict(t.to_dict())
+  s.sae.d_sae = d_sae
+  try:
+    sae_lib.validate(train_sae.sae_config(s, d_in), None, d_in)
+  except ConfigError as e:
+    raise ConfigError(f"sae_train.{e}") from None
+
+
 def validate(config, workdir: str) -> dict:
   """Every check before compute; returns the plan (model, layers, lm)."""
   e, t, es, lb = config.extract, config.sae_train, config.estimates, config.lobes
@@ -112,7 +131,7 @@ def validate(config, workdir: str) -> dict:
     raise ConfigError(f"estimates rank window lo={es.lo}, hi={es.hi}: expected 1 <= lo < hi")
   if es.mle_k >= es.tokens:
     raise ConfigError(f"estimates.mle_k={es.mle_k}: expected < estimates.tokens={es.tokens}")
-  common.check_workdir(workdir)
+  validate_sae_train(t)
   path, name = model_spec(config)                  # unknown path: one line, nothing loaded
   from jaxcode.data import corpus as corpus_lib
   corpus_lib.load_corpus(e.corpus)                 # an empty corpus: one line
@@ -124,8 +143,7 @@ def validate(config, workdir: str) -> dict:
     raise ConfigError(f"layers={tuple(config.layers)}: the model has blocks 0..{n - 1}: "
                       f"expected distinct indices in that range")
   d_sae = int(t.sae.d_sae) or 2 * lm.d_model
-  if t.sae.k >= d_sae:
-    raise ConfigError(f"sae_train.sae.k={t.sae.k}: expected < d_sae={d_sae}")
+  validate_sae_train(t, lm.d_model, d_sae)
   if es.hi > min(d_sae, lm.d_model, es.tokens - 1):
     raise ConfigError(f"estimates.hi={es.hi}: expected <= min(d_sae, d_model, tokens - 1) = "
                       f"{min(d_sae, lm.d_model, es.tokens - 1)}")
@@ -133,6 +151,7 @@ def validate(config, workdir: str) -> dict:
     raise ConfigError(f"lobes.cluster_counts={tuple(lb.cluster_counts)}: expected < d_sae")
   ident = identity(config, name, layers)
   check_identity(workdir, ident)
+  common.check_workdir(workdir)                    # created only once every value passed
   return dict(path=path, name=name, layers=layers, lm=lm, d_sae=d_sae, identity=ident)
 
 
@@ -279,13 +298,32 @@ def layer_estimates(config, cache, layer: int, sae, sae_results: dict, tokenizer
 
 # ------------------------------------------------------------------ stages
 
+def cache_damage(cache_dir: str) -> str:
+  """'' when the cache is complete and every file matches its manifest sha256 (all hashed
+  now, and marked verified so later reads in this process skip the hash), else one line
+  naming the damaged files."""
+  from jaxcode.data import activations
+  try:
+    bad = activations.ActivationCache.open(cache_dir).corrupt_files()
+  except ConfigError as e:
+    return str(e)
+  if not bad:
+    return ""
+  names = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+  return f"{names} in {cache_dir} do not match the sha256 recorded in its manifest"
+
+
 def stage_extract(config, workdir: str, plan: dict) -> dict:
   from jaxcode.experiments import extract
   d = os.path.join(workdir, "extract")
   res = _read_json(os.path.join(d, "results.json"))
   if res is not None and res.get("complete"):
-    _log(config, f"extract: reused ({res['n_tokens']} tokens cached)")
-    return res
+    damage = cache_damage(os.path.join(d, extract.CACHE))
+    if not damage:
+      _log(config, f"extract: reused ({res['n_tokens']} tokens cached)")
+      return res
+    print(f"atlas: extract: {damage}: rerunning the extraction, which recomputes the "
+          "damaged chunks", file=sys.stderr, flush=True)
   _log(config, f"extract: caching blocks {plan['layers']} of {plan['name']}")
   t0 = time.time()
   res = extract.run(extract_config(config, plan["layers"]), d)
@@ -360,13 +398,19 @@ def stage_neuromfa(config, workdir: str, plan: dict) -> dict | None:
 # ------------------------------------------------------------------ run
 
 def run(config, workdir: str, stop_after: str | None = None) -> dict:
+  """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
+  is a no-op, a differing config or a second process is refused in one line."""
+  return common.run_owned(workdir, config, "atlas", lambda: _run(config, workdir, stop_after),
+                          completed=lambda out: "stopped_after" not in out)
+
+
+def _run(config, workdir: str, stop_after: str | None = None) -> dict:
   """Runs (or finishes) the atlas; `stop_after` (a STAGES name) stops early, as a kill would."""
   if stop_after is not None and stop_after not in STAGES:
     raise ConfigError(f"stop_after={stop_after!r}: expected one of {STAGES}")
   t0 = time.time()
   plan = validate(config, workdir)
   common.write_json(os.path.join(workdir, "atlas.json"), plan["identity"])
-  common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   seconds = {}
   ext = stage_extract(config, workdir, plan)
   seconds["extract"] = time.time() - t0

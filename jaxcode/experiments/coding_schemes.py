@@ -96,15 +96,33 @@ def step_size_check(spec, data, cfg, nonlinearity, var) -> float:
   return step_size(cfg, nonlinearity) * lam
 
 
-def sample(spec, data, cfg, nonlinearity, workdir, mesh=None):
-  """Runs the chains through the shared loop; returns (stored samples _SC..., last metrics, check)."""
+def validate_step_size(spec, data, cfg, nonlinearity, var=None) -> float:
+  """eta * lambda_max at a prior draw (NaN when sampling.check_step_size is off); ConfigError
+  when it is >= 2, an unstable Euler step."""
+  if not cfg.sampling.check_step_size:
+    return float("nan")
+  if var is None:
+    var = sampling_task(spec, data, cfg, nonlinearity)[1]
+  check = step_size_check(spec, data, cfg, nonlinearity, var)
+  if check >= 2.0:
+    raise ConfigError(f"langevin step_size={step_size(cfg, nonlinearity)} for {nonlinearity}: "
+                      f"eta*lambda_max={check:.3g} >= 2 at the prior draw, the Euler step is "
+                      "unstable; expected a smaller step")
+  return check
+
+
+def validate_step_sizes(specs: dict, data, cfg) -> dict[str, float]:
+  """Every nonlinearity's step-size check, all before any chain is sampled."""
+  return {nl: validate_step_size(spec, data, cfg, nl) for nl, spec in specs.items()}
+
+
+def sample(spec, data, cfg, nonlinearity, workdir, mesh=None, check=None):
+  """Runs the chains through the shared loop; returns (stored samples _SC..., last metrics, check).
+  `check`: the step-size check's value when run already (validate_step_sizes)."""
   task, var = sampling_task(spec, data, cfg, nonlinearity)
   eta = step_size(cfg, nonlinearity)
-  check = step_size_check(spec, data, cfg, nonlinearity, var) if cfg.sampling.check_step_size \
-      else float("nan")
-  if check >= 2.0:
-    raise ConfigError(f"langevin step_size={eta} for {nonlinearity}: eta*lambda_max={check:.3g} "
-                      ">= 2 at the prior draw, the Euler step is unstable; expected a smaller step")
+  if check is None:
+    check = validate_step_size(spec, data, cfg, nonlinearity, var)
   bad_sigma = float(cfg.sampling.bad_sigma)
 
   def guard(step, m):
@@ -248,16 +266,23 @@ def write_figures(figdir: str, nl: str, fig: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------ run
 
 def run(cfg, workdir: str, mesh=None) -> dict:
-  common.check_workdir(workdir)
+  """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
+  is a no-op, a differing config or a second process is refused in one line."""
+  return common.run_owned(workdir, cfg, "coding_schemes", lambda: _run(cfg, workdir, mesh))
+
+
+def _run(cfg, workdir: str, mesh=None) -> dict:
   validate(cfg)
   data = tasks.task_from_config(cfg.data)
   specs = {nl: wide.spec_from_config(cfg.model, data.x_train.shape[1], data.n_classes,
                                      data.x_train.shape[0], nl) for nl in cfg.nonlinearities}
-  common.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+  checks = validate_step_sizes(specs, data, cfg)
+  common.check_workdir(workdir)
   out = {"task": data.name, "n_train": int(data.x_train.shape[0]),
          "n_test": int(data.x_test.shape[0]), "n_classes": data.n_classes, "results": {}}
   for nl, spec in specs.items():
-    samples, metrics, check = sample(spec, data, cfg, nl, os.path.join(workdir, nl), mesh)
+    samples, metrics, check = sample(spec, data, cfg, nl, os.path.join(workdir, nl), mesh,
+                                     checks[nl])
     result, figs = analyse(spec, data, samples, float(cfg.sampling.beta))
     result["step_size"] = step_size(cfg, nl)
     result["eta_lambda_max_at_prior_draw"] = check

@@ -19,6 +19,27 @@ def absolute_workdir(workdir: str | None) -> str:
   return os.path.abspath(os.path.expanduser(workdir))
 
 
+def owned(workdir: str, config, name: str):
+  """The run's hold on its workdir (lock, config check, finished marker): jaxcode.workdir."""
+  from jaxcode import parallel, workdir as workdir_lib
+  return workdir_lib.owned(workdir, config.to_dict(), name, main=parallel.is_main_process())
+
+
+def run_owned(workdir: str, config, name: str, fn: Callable[[], dict],
+              still_valid: Callable[[], bool] | None = None,
+              completed: Callable[[dict], bool] = lambda out: True) -> dict:
+  """Runs `fn()` holding the workdir (see jaxcode.workdir): a finished run of the same config
+  returns its results at once (if `still_valid()`), a differing config or a second process
+  is refused in one line; the run is marked finished when `completed(out)`."""
+  with owned(workdir, config, name) as owner:
+    if owner.finished and (still_valid is None or still_valid()):
+      return owner.results()
+    out = fn()
+    if completed(out):
+      owner.finish()
+    return out
+
+
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and proves it writable, before any compute."""
   if not workdir:
@@ -53,6 +74,9 @@ def _clean(x: Any):
 
 def write_json(path: str, obj: Any) -> None:
   """Writes to a temporary name, then renames: never a half-written file."""
+  if os.path.basename(path) == "results.json":
+    from jaxcode import faults
+    faults.point("results")      # crash tests: killed after the work, before its results
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
@@ -60,14 +84,53 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def run_main(fn: Callable[[], Any]) -> None:
-  """Runs a launch main: bad input -> one line and exit 2; NaN -> one line and exit 1;
-  a signal-triggered checkpoint -> one line and exit 143 (rerun to resume)."""
+def _first_missing(path: str | None) -> str | None:
+  """The topmost ancestor of `path` (or path itself) that does not exist yet."""
+  if not path:
+    return None
+  path, missing = os.path.abspath(path), None
+  while not os.path.exists(path):
+    missing, parent = path, os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
+
+
+_WORK_FILES = ("results.json", "manifest.json", "_CHECKPOINT_METADATA")
+_WORK_SUFFIXES = (".npy", ".npz", ".safetensors")
+
+
+def _holds_work(path: str) -> bool:
+  """Whether a directory holds anything a run computed (checkpoints, caches, results)."""
+  for _, _, files in os.walk(path):
+    if any(f in _WORK_FILES or f.endswith(_WORK_SUFFIXES) for f in files):
+      return True
+  return False
+
+
+def _launch_workdir() -> str | None:
+  from absl import flags
+  try:
+    return flags.FLAGS["workdir"].value
+  except (KeyError, AttributeError):
+    return None
+
+
+def run_main(fn: Callable[[], Any], workdir: str | None = None) -> None:
+  """Runs a launch main: bad input -> one line and exit 2, and the workdir this command
+  created (if any, and unless it already holds computed work) is removed, so a refused run
+  leaves nothing behind; NaN -> one line and
+  exit 1; a signal-triggered checkpoint -> one line and exit 143 (rerun to resume)."""
+  import shutil
   from jaxcode.train.loop import Preempted
   from jaxcode.train.metrics import NonFiniteError
+  created = _first_missing(workdir if workdir is not None else _launch_workdir())
   try:
     fn()
   except ConfigError as e:
+    if created is not None and os.path.exists(created) and not _holds_work(created):
+      shutil.rmtree(created, ignore_errors=True)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except NonFiniteError as e:
@@ -78,22 +141,150 @@ def run_main(fn: Callable[[], Any]) -> None:
     sys.exit(143)
 
 
-def app_run(main) -> None:
-  """absl app.run, but a bad --config override (an unknown field, a value of the wrong
-  type) is reported in one line naming it, before any compute."""
+def app_run(main, config: str | None = None) -> None:
+  """absl app.run with the launch checks first, before any compute. --help / -h prints the
+  launch's purpose and command, the config file's variants and its most often overridden
+  fields, and exits 0. Each of these is one line `error: ...` on stderr and exit 2: a config
+  file (--config, default `config`) that is missing, a directory, does not load or lacks the
+  variant; an override --config.FIELD of a field the config lacks (naming the closest one); a
+  value of the wrong type; an unknown flag."""
+  import ast
+  import difflib
+  import importlib.machinery
+  import importlib.util
+  import inspect
+  import re
+  import shlex
   from absl import app, flags, logging
+  from ml_collections import ConfigDict
+
+  def fail(message):
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
+
+  def config_files(folder):
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.endswith(".py") and not f.startswith("_"))
+
+  def load(spec):
+    """(module, ConfigDict) of --config=PATH[:VARIANT], or one line and exit 2."""
+    path, colon, variant = spec.partition(":")
+    where = f"--config={spec}"
+    if not path:
+      fail(f"{where}: expected a config file, e.g. --config={config}")
+    if os.path.isdir(path):
+      fail(f"{where}: {path} is a directory: expected a config file such as "
+           f"{', '.join(config_files(path)[:6]) or 'FILE.py'}")
+    if not os.path.isfile(path):
+      fail(f"{where}: config file {path} does not exist (paths are relative to the current "
+           "directory, usually the repository root)")
+    try:
+      loader = importlib.machinery.SourceFileLoader("launch_config", path)
+      module = importlib.util.module_from_spec(
+          importlib.util.spec_from_file_location("launch_config", path, loader=loader))
+      loader.exec_module(module)
+    except Exception as e:  # the file's own error: syntax, imports, ...
+      fail(f"{where}: config file {path} does not load: {type(e).__name__}: {e}")
+    if not callable(getattr(module, "get_config", None)):
+      fail(f"{where}: {path} defines no get_config()")
+    try:
+      return module, module.get_config(*([variant] if colon else []))
+    except Exception as e:  # ValueError: get_config's own message (an unknown variant)
+      fail(f"{where}: {e}" if isinstance(e, ValueError) else
+           f"{where}: get_config({variant!r}) raised {type(e).__name__}: {e}")
+
+  def fields(c, prefix=""):
+    out = []
+    for k in c.keys():
+      out.append(prefix + k)
+      if isinstance(c[k], ConfigDict):
+        out += fields(c[k], f"{prefix}{k}.")
+    return out
+
+  def check_overrides(cfg, argv):
+    known = fields(cfg)
+    for arg in argv[1:]:
+      m = re.match(r"--?(?:no)?config\.([^=]*)", arg)
+      if not m or m.group(1) in known:
+        continue
+      parent, _, rest = m.group(1).rpartition(".")
+      while parent and parent not in known:   # the deepest block that exists
+        parent, _, head = parent.rpartition(".")
+        rest = f"{head}.{rest}"
+      names = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+      close = difflib.get_close_matches(rest.split(".")[0], names, n=1)
+      if close:
+        fix = ".".join(([parent] if parent else []) + close + rest.split(".")[1:])
+        fix = fix if fix in known else ".".join(([parent] if parent else []) + close)
+        fail(f"unknown config field {arg}: did you mean --config.{fix}?")
+      fail(f"unknown config field {arg}: {parent or 'the config'} has the fields "
+           f"{', '.join(names)}")
+
+  def shown(cfg, dotted):
+    for part in dotted.split("."):
+      cfg = cfg[part]
+    if isinstance(cfg, (tuple, list)):   # as typed: '("a", "b")'
+      return "'" + repr(tuple(cfg)).replace("'", '"') + "'"
+    return shlex.quote(str(cfg))
+
+  def help_text(spec):
+    out = [(sys.modules["__main__"].__doc__ or "").strip(), ""]
+    path, colon, variant = spec.partition(":")
+    if os.path.isdir(path):
+      out.append("Configs (--config=FILE[:VARIANT]):")
+      files = config_files(path)
+      for f in files:
+        with open(f) as fh:
+          doc = ast.get_docstring(ast.parse(fh.read())) or ""
+        out.append(f"  {f:<{max(map(len, files))}}  {doc.splitlines()[0] if doc else ''}")
+      return "\n".join(out)
+    module, cfg = load(spec)
+    variants = getattr(module, "VARIANTS", {})
+    params = list(inspect.signature(module.get_config).parameters.values())
+    if not colon:
+      variant = params[0].default if params and params[0].default is not params[0].empty else ""
+    if variants:
+      out.append(f"Variants (--config={path}:NAME; shown: {variant}):")
+      width = max(len(v) for v in variants)
+      out += [f"  {v:<{width}}  {variants[v] if isinstance(variants, dict) else ''}".rstrip()
+              for v in variants] + [""]
+    rows = [(f"--config.{f}={shown(cfg, f)}", d)
+            for f, d in getattr(module, "COMMON_OVERRIDES", ())]
+    if rows:
+      out.append(f"Fields most often overridden (values of {path}:{variant}):")
+      width = min(max(len(r) for r, _ in rows), 40)
+      for r, d in rows:   # a long value gets its own line
+        out += [f"  {r:<{width}}  {d}"] if len(r) <= width else [f"  {r}", f"  {'':<{width}}  {d}"]
+      out.append("")
+    out += ["Any field is set the same way: --config.FIELD=VALUE.",
+            f"Flags: --config=FILE[:VARIANT] (default {config}), --workdir=DIR; --helpfull lists "
+            "every flag."]
+    return "\n".join(out)
+
+  argv = list(sys.argv)
+  spec = None
+  for i, a in enumerate(argv[1:], 1):
+    m = re.fullmatch(r"--?config(?:=(.*))?", a, re.S)
+    if m:
+      spec = m.group(1) if m.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else "")
+  target = spec if spec is not None else config
+  if any(a in ("--help", "-help", "-h", "--helpshort", "-?") for a in argv[1:]):
+    print(help_text(target) if target else (sys.modules["__main__"].__doc__ or "").strip())
+    sys.exit(0)
+  if target is not None:
+    check_overrides(load(target)[1], argv)
+    if spec is None:   # absl then parses the default with the overrides, as a given one
+      sys.argv = [argv[0], f"--config={config}", *argv[1:]]
+  app.define_help_flags()   # --helpfull
   try:
     remaining = flags.FLAGS(sys.argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    missing = re.search(r"Flag --(\w+) must have a value other than None", str(e))
+    fail(f"--{missing[1]} is required: {flags.FLAGS[missing[1]].help}" if missing else e)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    name = str(e).strip("'\" ")
-    bad = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and name in a]
-    where = f" {bad[0]}" if bad else ""
-    print(f"error: bad config override{where}: {name!r} is not a field of the config "
-          f"or its value has the wrong type ({type(e).__name__})", file=sys.stderr)
-    sys.exit(2)
+    bad = " ".join(a for a in argv[1:] if re.match(r"--?(no)?config\.", a))
+    message = re.sub(r"\\n|[\\'\"]", " ", str(e))
+    fail(f"bad config override {bad}: {message} ({type(e).__name__})")
   quiet = not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:])
 
   def wrapped(argv):

@@ -55,8 +55,8 @@ def validate(config, workdir: str) -> list[int]:
   if config.crystals.pairs_file and not os.path.exists(config.crystals.pairs_file):
     raise ConfigError(f"crystals.pairs_file={config.crystals.pairs_file!r} does not exist")
   if not config.sae_paths:
-    from jaxcode.train import loop
-    loop.validate_train_config(config.sae_train)
+    from jaxcode.experiments import train_sae
+    train_sae.validate_settings(config.sae_train, where="sae_train.")
   common.check_workdir(workdir)
   return layers
 
@@ -211,6 +211,12 @@ def _summarise_lobes(res: dict) -> dict:
 
 
 def run(config, workdir: str) -> dict:
+  """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
+  is a no-op, a differing config or a second process is refused in one line."""
+  return common.run_owned(workdir, config, "concept_geometry", lambda: _run(config, workdir))
+
+
+def _run(config, workdir: str) -> dict:
   t0 = time.time()
   layers = validate(config, workdir)
   hooks = [f"blocks.{l}.{config.hook}" for l in layers]
@@ -231,7 +237,6 @@ def run(config, workdir: str) -> dict:
     pairs, pair_counts = check_pairs(load_relations(), lm.tokenizer, False)
   if len(pairs) < 2:
     raise ConfigError(f"crystals: {len(pairs)} relation(s) with two known pairs: expected >= 2")
-  common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   docs = corpus.load_corpus(config.corpus.spec)
   packed = select_rows(corpus.pack(docs, lm.tokenizer, int(config.corpus.seq_len)),

@@ -169,12 +169,16 @@ def logged_losses(workdir: str) -> dict[int, float]:
 
 
 def run(config, workdir: str, mesh=None) -> dict:
+  """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
+  is a no-op, a differing config or a second process is refused in one line."""
   parallel.maybe_initialize_from_config(config.distributed)
+  return common.run_owned(workdir, config, "emergence", lambda: _run(config, workdir, mesh))
+
+
+def _run(config, workdir: str, mesh=None) -> dict:
   v = validate(config, workdir)
   mesh = mesh if mesh is not None else parallel.mesh_from_config(config.mesh)
   steps = v["steps"]
-  if parallel.is_main_process():
-    common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   data = packed_corpus(config)
   module, _ = make_module(config, data["vocab"])
   tx = optim.make_optimizer(config.optim, int(config.steps))

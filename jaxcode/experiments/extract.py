@@ -10,9 +10,11 @@ manifest and is redone. One process, data-parallel over its local devices.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import signal
 import sys
 
 import jax
@@ -25,6 +27,7 @@ from jaxcode.data import corpus as corpus_lib
 from jaxcode.experiments import common
 from jaxcode.models import lm as lm_lib
 from jaxcode.parallel import ConfigError
+from jaxcode.train.loop import Preempted
 
 CACHE = "activations"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -143,13 +146,62 @@ def run(config, workdir: str, mesh=None) -> dict:
   `mesh` overrides config.mesh (tests use it to run on a subset of the devices).
   """
   validate_settings(config, mesh)
-  common.check_workdir(workdir)
-  mesh = parallel.mesh_from_config(config.mesh) if mesh is None else mesh
   cache_dir = os.path.join(workdir, CACHE)
+  return common.run_owned(workdir, config, "extract", lambda: _load_and_extract(config, workdir, mesh),
+                          still_valid=lambda: _intact(cache_dir))
+
+
+def _load_and_extract(config, workdir: str, mesh) -> dict:
+  cache_dir = os.path.join(workdir, CACHE)
+  mesh = parallel.mesh_from_config(config.mesh) if mesh is None else mesh
   lm, model_name = load_model(config, mesh)
   check_cache_settings(cache_dir, config, model_name, config.revision or None)
   packed = load_packed(config, lm.tokenizer)
-  common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  with _stop_on_signal(cache_dir):
+    return _extract(config, workdir, lm, model_name, packed, mesh)
+
+
+def _intact(cache_dir: str) -> bool:
+  """Whether a finished cache still matches its checksums (a corrupt chunk is recomputed)."""
+  try:
+    return not acts.ActivationCache.open(cache_dir).verify()
+  except ConfigError:
+    return False
+
+
+class ExtractionStopped(Preempted):
+  """SIGTERM/SIGINT during extraction: complete chunks are kept, a rerun resumes."""
+
+  def __init__(self, signum: int, cache_dir: str):
+    m = acts.read_manifest(cache_dir) or {}
+    done, rows, per = len(m.get("chunks", [])), m.get("n_rows", 0), m.get("rows_per_chunk", 1)
+    Exception.__init__(self, f"extraction stopped by signal {signum} with {done} of "
+                             f"{-(-rows // per)} chunks complete in {cache_dir}; rerun the same "
+                             "command to resume")
+    self.step, self.signum = done, signum
+
+
+@contextlib.contextmanager
+def _stop_on_signal(cache_dir: str):
+  """Turns SIGTERM/SIGINT into ExtractionStopped (chunks and manifest are written atomically,
+  so stopping anywhere keeps every complete chunk)."""
+  def handler(signum, frame):
+    raise ExtractionStopped(signum, cache_dir)
+  old = {}
+  try:
+    for s in (signal.SIGTERM, signal.SIGINT):
+      old[s] = signal.signal(s, handler)
+  except ValueError:   # not the main thread
+    pass
+  try:
+    yield
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+def _extract(config, workdir: str, lm, model_name: str, packed, mesh) -> dict:
+  cache_dir = os.path.join(workdir, CACHE)
   os.makedirs(cache_dir, exist_ok=True)
   stale = remove_stale_temporaries(cache_dir)
   info = acts.extract(lm, packed, list(config.hookpoints), cache_dir,

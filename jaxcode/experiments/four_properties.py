@@ -303,6 +303,12 @@ def layer_row(config, x_ND, labels_N, vocab_VD, quads, quad_rel, sae) -> dict:
 # ------------------------------------------------------------------ run
 
 def run(config, workdir: str) -> dict:
+  """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
+  is a no-op, a differing config or a second process is refused in one line."""
+  return common.run_owned(workdir, config, "four_properties", lambda: _run(config, workdir))
+
+
+def _run(config, workdir: str) -> dict:
   validate(config, workdir)
   cats, rels = load_concepts(config)
   from jaxcode.models.lm import load_pretrained
@@ -315,7 +321,6 @@ def run(config, workdir: str) -> dict:
   check_sizes(config, len(cat_words), lm.d_model, min(len(v) for v in cats.values()))
   vocab = list(dict.fromkeys(cat_words + [w for ps in rels.values() for p in ps for w in p]))
   quads, quad_rel = fp.analogy_quads(rels, vocab)
-  common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   t0 = time.time()
   enc, kept = encode_words(lm.tokenizer, vocab, config.template)

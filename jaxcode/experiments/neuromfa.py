@@ -29,11 +29,18 @@ from jaxcode.parallel import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 
 
+MAX_QS = 10_000   # q values in one spectrum (the released grid has 61)
+
+
 def qs_from_config(c) -> np.ndarray:
-  n = int(np.floor((float(c.q_max) - float(c.q_min)) / float(c.q_step) + 1e-9)) + 1
-  if float(c.q_step) <= 0 or n < 1:
-    raise ConfigError(f"q range [{c.q_min}, {c.q_max}] step {c.q_step}: empty, expected "
+  lo, hi, step = float(c.q_min), float(c.q_max), float(c.q_step)
+  if not (np.isfinite([lo, hi, step]).all() and step > 0 and lo <= hi):
+    raise ConfigError(f"q range [{c.q_min}, {c.q_max}] step {c.q_step}: expected finite "
                       f"q_min <= q_max and q_step > 0")
+  if not (hi - lo) / step < MAX_QS:
+    raise ConfigError(f"q range [{c.q_min}, {c.q_max}] step {c.q_step}: more than {MAX_QS} q "
+                      f"values, expected a larger q_step")
+  n = int(np.floor((hi - lo) / step + 1e-9)) + 1
   return mf.check_qs(np.round(float(c.q_min) + float(c.q_step) * np.arange(n), 10))
 
 
@@ -140,6 +147,8 @@ def validate(config, workdir: str) -> dict:
     kw.update(radii=radii, window=window, p=float(m.p), lam=float(m.lam), gamma=float(m.gamma),
               directed=bool(m.directed), normaliser=str(m.normaliser),
               skip_length=float(m.skip_length))
+  for spec in c.get("checkpoints", ()):   # the specs' syntax and local paths
+    parse_spec(spec)
   common.check_workdir(workdir)
   return kw
 
@@ -181,8 +190,13 @@ def write_figures(out: dict, figdir: str, losses=None) -> list[str]:
 
 
 def run(config, workdir: str) -> dict:
+  """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
+  is a no-op, a differing config or a second process is refused in one line."""
+  return common.run_owned(workdir, config, "neuromfa", lambda: _run(config, workdir))
+
+
+def _run(config, workdir: str) -> dict:
   kw = validate(config, workdir)
-  common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   labelled = load_series(list(config.checkpoints))
   out = {"experiment": "neuromfa", "variant": config.get("variant", ""),
          **analyse(config, labelled, kw)}

@@ -49,6 +49,14 @@ def importance_vector(tc) -> np.ndarray:
   return np.linspace(float(tc.importance_max), float(tc.importance_min), n)
 
 
+def _number(v) -> float:
+  """v as a float; NaN (which fails every range check) when it is not a number."""
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
 def validate(config, workdir: str) -> tuple[int, int]:
   """Checks everything that can be checked before compute; returns the mesh sizes."""
   tc = config.toy
@@ -61,8 +69,11 @@ def validate(config, workdir: str) -> tuple[int, int]:
   if not tc.sparsities:
     raise ConfigError("toy.sparsities=[]: expected at least one sparsity in [0, 1)")
   for s in tc.sparsities:
-    if not 0.0 <= float(s) < 1.0:
-      raise ConfigError(f"toy.sparsities contains {s}: expected values in [0, 1)")
+    if not 0.0 <= _number(s) < 1.0:
+      raise ConfigError(f"toy.sparsities contains {s!r}: expected numbers in [0, 1)")
+  for name in ("importance_max", "importance_min", "importance_decay"):
+    if not 0.0 <= _number(tc[name]) < float("inf"):
+      raise ConfigError(f"toy.{name}={tc[name]!r}: expected a finite number >= 0")
   for mdl in tc.models:
     if mdl not in MODELS:
       raise ConfigError(f"toy.models contains {mdl!r}: expected 'linear' or 'relu'")
@@ -71,9 +82,9 @@ def validate(config, workdir: str) -> tuple[int, int]:
       raise ConfigError(f"toy.n={tc.n}, toy.m={tc.m}, toy.models={list(tc.models)}: the phase "
                         f"diagram (relative_importance set) needs n=2, m=1, models=('relu',)")
     for r in tc.relative_importance:
-      if float(r) <= 0:
-        raise ConfigError(f"toy.relative_importance contains {r}: expected positive values")
-  if float(tc.init_std) < 0:
+      if not 0.0 < _number(r) < float("inf"):
+        raise ConfigError(f"toy.relative_importance contains {r!r}: expected finite numbers > 0")
+  if not 0.0 <= _number(tc.init_std) < float("inf"):
     raise ConfigError(f"toy.init_std={tc.init_std}: expected >= 0 (0 selects the notebook's)")
   loop.validate_train_config(config)
   data, model = parallel.resolve_axis_sizes(config.mesh.data, config.mesh.model,
@@ -206,10 +217,13 @@ def run(config, workdir: str, mesh=None) -> dict:
   if mesh is None:
     validate(config, workdir)
     mesh = parallel.mesh_from_config(config.mesh)
+  return common.run_owned(workdir, config, "superposition",
+                          lambda: _train_and_analyse(config, workdir, mesh))
+
+
+def _train_and_analyse(config, workdir: str, mesh) -> dict:
   model_axis = mesh.shape[parallel.MODEL]
   inst = build_instances(config.toy, pad_to=model_axis)
-  if parallel.is_main_process():
-    common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   task = make_task(config, inst, mesh)
   result = loop.train(task, config, workdir, mesh=mesh)
   phase = bool(config.toy.relative_importance)

@@ -43,16 +43,33 @@ def sae_config(config, d_in: int) -> sae_lib.SAEConfig:
       matryoshka_widths=tuple(int(w) for w in s.matryoshka_widths), **kw)
 
 
+def validate_settings(config, where: str = "") -> None:
+  """The checks of the config alone (no data, no devices, no files), also run by the
+  experiments that embed this config (`where`='sae_train.' names their fields) before
+  their own compute."""
+  try:
+    if config.sae.architecture not in sae_lib.ARCHITECTURES:
+      raise ConfigError(f"sae.architecture={config.sae.architecture!r}: expected one of "
+                        f"{sae_lib.ARCHITECTURES}")
+    loop.validate_train_config(config)
+    for name, value, low in (("batch_size", config.batch_size, 1),
+                             ("norm_sample_tokens", config.norm_sample_tokens, 1),
+                             ("eval.tokens", config.eval.tokens, 2),
+                             ("eval.batch_size", config.eval.batch_size, 1)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value!r}: expected an integer >= {low}"
+                          + (" (the explained variance needs two tokens)" if low == 2 else ""))
+  except ConfigError as e:
+    raise ConfigError(f"{where}{e}") from None
+
+
 def validate(config, workdir: str):
-  """Everything checkable before compute: returns (source, SAEConfig, mesh sizes)."""
-  if config.sae.architecture not in sae_lib.ARCHITECTURES:
-    raise ConfigError(f"sae.architecture={config.sae.architecture!r}: expected one of "
-                      f"{sae_lib.ARCHITECTURES}")
+  """Everything checkable before compute: returns (source, SAEConfig)."""
+  validate_settings(config)
   src = sources.from_config(config.data)
   if int(config.sae.d_in) > 0 and int(config.sae.d_in) != src.d_in:
     raise ConfigError(f"sae.d_in={config.sae.d_in} does not match the data's d_in={src.d_in}")
   cfg = sae_config(config, src.d_in)
-  loop.validate_train_config(config)
   data, model = parallel.resolve_axis_sizes(config.mesh.data, config.mesh.model,
                                             jax.device_count())
   if cfg.d_sae % model:
@@ -120,9 +137,12 @@ def run(config, workdir: str, mesh=None, on_metrics=None) -> dict:
   if cfg.d_sae % mesh.shape[parallel.MODEL]:
     raise ConfigError(f"mesh model axis {mesh.shape[parallel.MODEL]} does not divide "
                       f"d_sae={cfg.d_sae}")
+  return common.run_owned(workdir, config, "train_sae",
+                          lambda: _train_and_evaluate(config, workdir, src, cfg, mesh, on_metrics))
+
+
+def _train_and_evaluate(config, workdir: str, src, cfg, mesh, on_metrics) -> dict:
   main = parallel.is_main_process()
-  if main:
-    common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   task = make_task(config, src, cfg, mesh)
   result = loop.train(task, config, workdir, mesh=mesh, on_metrics=on_metrics)
   params, aux = parallel.to_host((result.state.params, result.state.aux))
