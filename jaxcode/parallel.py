@@ -14,13 +14,11 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxcode.errors import ConfigError
+
 DATA = "data"
 MODEL = "model"
 AXES = (DATA, MODEL)
-
-
-class ConfigError(ValueError):
-  """A bad configuration or input, reported in one line before any compute."""
 
 
 def resolve_axis_sizes(data: int, model: int, n_devices: int) -> tuple[int, int]:

@@ -20,14 +20,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from jaxcode.parallel import ConfigError
+from jaxcode import faults
+from jaxcode.errors import ConfigError
 
 CONFIG = "config.json"
 FINISHED = "finished.json"
@@ -81,11 +84,47 @@ def _read_json(path: str) -> dict | None:
     return None   # cut off by a kill: treated as absent (it is rewritten)
 
 
+def _clean(x: Any):
+  """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None."""
+  import numpy as np
+  if isinstance(x, dict):
+    return {str(k): _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _clean(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    v = float(x)
+    return v if math.isfinite(v) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  return x
+
+
 def write_json(path: str, obj: Any) -> None:
+  """Writes to a temporary name, then renames: never a half-written file."""
+  if os.path.basename(path) == "results.json":
+    faults.point("results")      # crash tests: killed after the work, before its results
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
+    json.dump(_clean(obj), f, indent=1, allow_nan=False)
   os.replace(tmp, path)
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` if needed and proves it writable, before any compute."""
+  if not workdir:
+    raise ConfigError("--workdir is empty: expected a directory to write the run into")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write-probe-")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager
@@ -182,3 +221,20 @@ def _take_back(workdir: str, created: bool) -> None:
     os.remove(os.path.join(workdir, CONFIG))
   if created and set(os.listdir(workdir)) <= {LOCK}:
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_owned(workdir: str, config, name: str, fn: Callable[[], dict],
+              still_valid: Callable[[], bool] | None = None,
+              completed: Callable[[dict], bool] = lambda out: True) -> dict:
+  """Runs `fn()` holding the workdir (see the module doc): a finished run of the same config
+  returns its results at once (if `still_valid()`), a differing config or a second process
+  is refused in one line; the run is marked finished when `completed(out)`."""
+  from jaxcode import parallel
+  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  with owned(workdir, cfg, name, main=parallel.is_main_process()) as owner:
+    if owner.finished and (still_valid is None or still_valid()):
+      return owner.results()
+    out = fn()
+    if completed(out):
+      owner.finish()
+    return out

@@ -6,7 +6,7 @@ python -m launch.atlas --config=configs/atlas.py --workdir=DIR
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxcode.experiments import common
+from jaxcode import cli
 
 CONFIG = "configs/atlas.py"   # the default --config
 _CONFIG = config_flags.DEFINE_config_file(
@@ -18,9 +18,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxcode.experiments import atlas
-  common.run_main(lambda: atlas.run(_CONFIG.value, common.absolute_workdir(_WORKDIR.value)))
+  cli.run_main(lambda: atlas.run(_CONFIG.value, cli.absolute_workdir(_WORKDIR.value)))
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
-  common.app_run(main, CONFIG)
+  cli.app_run(main, CONFIG)

@@ -6,7 +6,7 @@ python -m launch.benchmark --config=configs/bench/<name>.py[:VARIANT] [--out=FIL
 import importlib
 import json
 
-from jaxcode.experiments import common
+from jaxcode import cli
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.app_run(main, CONFIG)
+  cli.app_run(main, CONFIG)

@@ -15,7 +15,7 @@ import pytest
 from jaxcode.data.activations import ActivationCache, extract
 from jaxcode.data.corpus import CODE, PROSE, Document, pack
 from jaxcode.models.lm import load_pretrained
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
 DOCS = [Document("d0", PROSE, "the model is a tiny random test of attention and the residual stream " * 2),

@@ -18,7 +18,7 @@ import pytest
 
 from configs import atlas as atlas_config
 from jaxcode.experiments import atlas
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.report import atlas as report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ from jaxcode.data import activations
 from jaxcode.data.activations import ActivationCache, extract
 from jaxcode.data.corpus import CODE, PROSE, Document, pack
 from jaxcode.models.lm import load_pretrained
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from launch_util import REPO, cpu_env
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")

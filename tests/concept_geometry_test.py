@@ -15,7 +15,7 @@ from scipy import stats
 from scipy.spatial import distance
 
 from jaxcode.analysis import concept_geometry as cg
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 # ------------------------------------------------------------------ crystals

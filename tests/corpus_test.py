@@ -15,7 +15,7 @@ import transformers
 
 from jaxcode.data import corpus
 from jaxcode.data.corpus import CODE, PROSE, Document, pack
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
 

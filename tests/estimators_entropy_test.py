@@ -15,7 +15,8 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
 from jaxcode.estimators import entropy as E
-from jaxcode.parallel import ConfigError, make_mesh
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import make_mesh
 
 
 def _points(n=400, d=8, seed=0):

@@ -12,7 +12,8 @@ import pytest
 import skdim
 
 from jaxcode.estimators import intrinsic_dim as I
-from jaxcode.parallel import ConfigError, make_mesh
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import make_mesh
 
 
 def _ball(n, d, ambient, seed=0):

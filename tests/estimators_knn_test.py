@@ -12,7 +12,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 from jaxcode.estimators import knn as K
-from jaxcode.parallel import ConfigError, make_mesh
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import make_mesh
 
 SMALL = dict(query_block=32, ref_block=96, group=8)  # forces several query and ref blocks
 

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from jaxcode.estimators import spectrum as S
-from jaxcode.parallel import ConfigError, make_mesh
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import make_mesh
 
 
 def test_covariance_equals_numpy_blocked():

@@ -21,7 +21,7 @@ from configs import extract as configs
 from jaxcode import parallel
 from jaxcode.data.activations import ActivationCache
 from jaxcode.experiments import extract as exp
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT2 = os.path.join(ROOT, "tests", "fixtures", "lm", "gpt2")

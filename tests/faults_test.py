@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxcode import workdir as workdir_lib
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop
 from tests.launch_util import REPO, cpu_env

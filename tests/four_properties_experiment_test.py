@@ -20,7 +20,7 @@ import pytest
 
 from configs import four_properties as cfg_lib
 from jaxcode.experiments import four_properties as exp
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures", "lm")

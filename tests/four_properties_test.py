@@ -11,7 +11,7 @@ import pytest
 from scipy.spatial.distance import pdist, squareform
 
 from jaxcode.analysis import four_properties as F
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def _clusters(n_per=30, n_cls=4, d=16, sep=6.0, seed=0):

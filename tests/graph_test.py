@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from jaxcode import parallel
+from jaxcode.errors import ConfigError
 from jaxcode.estimators import graph, networks
 
 
@@ -123,9 +124,9 @@ def test_one_hop_histograms_bin_like_numpy_round():
 
 def test_bad_inputs_raise_one_line():
   lengths, mask = graph.layered_from_kernels(_random_kernels())
-  with pytest.raises(parallel.ConfigError, match="radii"):
+  with pytest.raises(ConfigError, match="radii"):
     graph.layered_ball_counts(lengths, mask, [])
-  with pytest.raises(parallel.ConfigError, match="do not chain"):
+  with pytest.raises(ConfigError, match="do not chain"):
     graph.layered_from_kernels([np.ones((3, 4)), np.ones((5, 2))])
-  with pytest.raises(parallel.ConfigError, match="scipy.sparse"):
+  with pytest.raises(ConfigError, match="scipy.sparse"):
     graph.sparse_ball_counts(np.ones((3, 3)), [1.0, 2.0], [0])

@@ -20,7 +20,7 @@ from jaxcode import parallel
 from jaxcode.data import tasks
 from jaxcode.experiments import coding_schemes as exp
 from jaxcode.models import wide
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import langevin as lg
 from jaxcode.train import loop
 

@@ -18,7 +18,7 @@ from configs import neuromfa as neuromfa_configs
 from configs import sae as sae_configs
 from configs import superposition as superposition_configs
 from jaxcode.experiments import atlas, neuromfa, superposition, train_sae
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import loop, optim
 from launch_util import REPO, cpu_env
 

@@ -1,7 +1,7 @@
 """Bad input to the LM loader fails before compute with one ConfigError line naming the value.
 
 Ground truth is the specification (DESIGN.md, issue 3): each case below must raise
-jaxcode.parallel.ConfigError whose message is a single line containing the bad value.
+jaxcode.errors.ConfigError whose message is a single line containing the bad value.
 """
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxcode.models.lm import load_pretrained
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from jaxcode.models.lm import load_pretrained, minilm_path
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 REF = os.path.join(os.path.dirname(__file__), "fixtures", "lm", "minilm_reference.safetensors")
 

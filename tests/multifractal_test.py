@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from jaxcode.estimators import graph, multifractal as mf, networks
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 # ---------------------------------------------------------------- paper-compatible mode

@@ -26,7 +26,7 @@ from jaxcode.estimators import graph, multifractal as mf
 from jaxcode.experiments import emergence, neuromfa as nmfa_exp
 from jaxcode.models.lm import load_pretrained
 from jaxcode import parallel
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

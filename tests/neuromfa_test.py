@@ -13,7 +13,7 @@ from scipy.sparse import csgraph
 
 from jaxcode.analysis import neuromfa as nm
 from jaxcode.estimators import graph, multifractal as mf
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def _mlp(widths, scales, seed):

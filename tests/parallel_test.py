@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxcode import parallel
+from jaxcode.errors import ConfigError
 
 
 def test_eight_fake_devices():
@@ -23,7 +24,7 @@ def test_mesh_sizes(data, model, expect):
 @pytest.mark.parametrize("data,model,msg", [(3, -1, "does not divide"), (-1, -1, "at most one"),
                                             (4, 4, "needs 16 devices"), (0, 1, "mesh.data=0")])
 def test_mesh_errors(data, model, msg):
-  with pytest.raises(parallel.ConfigError, match=msg):
+  with pytest.raises(ConfigError, match=msg):
     parallel.make_mesh(data, model)
 
 
@@ -37,7 +38,7 @@ def test_tree_shardings_rules_and_fallback():
   assert sh["enc"]["kernel"].spec == P(None, "model")
   assert sh["dec"]["kernel"].spec == P("model", None)
   assert sh["odd"]["kernel"].spec == P()  # 5 is not divisible by 4: replicated
-  with pytest.raises(parallel.ConfigError, match="odd/kernel"):
+  with pytest.raises(ConfigError, match="odd/kernel"):
     parallel.tree_shardings(tree, mesh, [("odd/kernel", P(None, "model"))], strict=True)
 
 

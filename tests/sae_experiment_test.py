@@ -17,6 +17,7 @@ import pytest
 
 from configs import sae as sae_configs
 from jaxcode import parallel
+from jaxcode.errors import ConfigError
 from jaxcode.experiments import train_sae
 from jaxcode.models import sae, sae_io
 from jaxcode.train import loop
@@ -95,7 +96,7 @@ def test_exact_resumption_batchtopk(tmp_path):
     ({"data.kind": "chunked", "data.path": "/nonexistent"}, "no manifest.json"),
 ])
 def test_bad_config_fails_before_compute(over, msg, tmp_path):
-  with pytest.raises(parallel.ConfigError, match=msg) as e:
+  with pytest.raises(ConfigError, match=msg) as e:
     train_sae.validate(_cfg("topk", **over), str(tmp_path))
   assert "\n" not in str(e.value)
 

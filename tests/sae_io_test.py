@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from jaxcode.models import sae, sae_io
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def _one_sae(arch, **kw):

@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from jaxcode import parallel
+from jaxcode.errors import ConfigError
 from jaxcode.data.sources import SyntheticSource
 from jaxcode.data.synthetic import PlantedDictionary, mean_max_cosine
 from jaxcode.models import sae
@@ -309,7 +310,7 @@ def test_bad_input_one_line(kwargs, data_d, mesh_model, msg):
   kw.update(kwargs)
   cfg = sae.SAEConfig(**kw)
   mesh = parallel.make_mesh(2, mesh_model) if mesh_model else None
-  with pytest.raises(parallel.ConfigError, match=msg) as e:
+  with pytest.raises(ConfigError, match=msg) as e:
     sae.validate(cfg, mesh, data_d)
   assert "\n" not in str(e.value)
 
@@ -320,7 +321,7 @@ def test_sparse_decode_choice():
   assert auto.sparse_decode is sae.SPARSE_TOPK_FASTER.get(jax.default_backend(), False)
   assert sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, sparse_decode="dense").sparse_decode \
       is False
-  with pytest.raises(parallel.ConfigError, match=r"sae.sparse_decode='fast'"):
+  with pytest.raises(ConfigError, match=r"sae.sparse_decode='fast'"):
     sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, sparse_decode="fast")
 
 
@@ -337,5 +338,5 @@ def test_sweep_modes_agree(arch, extra):
     outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(
         params, aux, x, None, 3))
   _assert_same_value_and_grad(outs[0], outs[1], compare_aux=True)
-  with pytest.raises(parallel.ConfigError, match="sae.sweep_mode='pmap'"):
+  with pytest.raises(ConfigError, match="sae.sweep_mode='pmap'"):
     sae.SAEConfig(architecture=arch, d_in=8, d_sae=24, sweep_mode="pmap")

@@ -15,7 +15,7 @@ from scipy.stats import linregress
 
 from jaxcode.data import activations, sources
 from jaxcode.data.synthetic import PlantedDictionary
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def test_array_and_chunked_sources_agree_and_cover_epochs(tmp_path):

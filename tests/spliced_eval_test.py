@@ -20,7 +20,7 @@ from scipy.special import erf, logsumexp
 
 from jaxcode.analysis.spliced_eval import sae_reconstructor, spliced_eval
 from jaxcode.models.lm import load_pretrained, minilm_path
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
 LMS = {}

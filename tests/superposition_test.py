@@ -17,7 +17,7 @@ from configs import superposition as configs
 from jaxcode import parallel
 from jaxcode.analysis import superposition as sup
 from jaxcode.experiments import superposition as exp
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import loop
 from launch_util import REPO, cpu_env, free_port
 

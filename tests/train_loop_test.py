@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxcode import parallel
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop, metrics, optim
 

@@ -14,7 +14,7 @@ import pytest
 from scipy.special import erf
 
 from jaxcode.models import wide
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def _spec(**kw):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxcode.data import tasks
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def test_toy_task_orthogonal_and_proportions():

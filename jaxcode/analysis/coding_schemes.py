@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 TAU_CODE = 0.5
 SPARSE_CODING_FRACTION = 0.22

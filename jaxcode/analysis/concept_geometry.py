@@ -34,7 +34,7 @@ from scipy import special, stats
 from jaxcode.estimators import entropy as ent
 from jaxcode.estimators import knn as knn_lib
 from jaxcode.estimators import spectrum
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 AFFINITIES = ("smc", "jaccard", "dice", "overlap", "phi")
 GEOMETRY = "geometry"   # the decoder-direction angular-similarity clustering

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 PASS_MARKS = dict(abstraction=2.0, precision=0.9, specificity=0.7, systematicity=0.7)
 TEMPLATE = "This is a sentence about {word}."

@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from jaxcode import parallel
 from jaxcode.estimators import graph, multifractal as mf
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 MODES = ("paper", "multihop")
 

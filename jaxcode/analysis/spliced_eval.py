@@ -33,7 +33,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from jaxcode.models.lm import parse_hookpoints
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 MODES = ("auto", "causal", "mlm", "embedding")
 

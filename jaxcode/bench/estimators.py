@@ -27,7 +27,7 @@ from scipy import special
 
 from jaxcode.bench import common
 from jaxcode.estimators import entropy, intrinsic_dim, knn as knn_lib
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def make_points(n: int, d: int, latent: int, noise: float, seed: int) -> np.ndarray:

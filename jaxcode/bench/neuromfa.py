@@ -31,7 +31,7 @@ from scipy import stats
 
 from jaxcode.bench import common
 from jaxcode.estimators import graph, multifractal as mf
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def sampled_network(S: int, blocks: int, width: int, sigma: float, seed: int) -> list[np.ndarray]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxcode import faults
 from jaxcode.data.corpus import Packed
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 MANIFEST = "manifest.json"
 VERSION = 1

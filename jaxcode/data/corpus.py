@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 PROSE, CODE = "prose", "code"
 

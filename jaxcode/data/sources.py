@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from jaxcode.data.synthetic import PlantedDictionary
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 MANIFEST = "manifest.json"
 

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

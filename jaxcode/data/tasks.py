@@ -25,7 +25,7 @@ import struct
 
 import numpy as np
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

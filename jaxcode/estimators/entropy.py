@@ -25,7 +25,7 @@ from scipy import special
 
 from jaxcode.estimators import knn as knn_lib
 from jaxcode.estimators.spectrum import covariance
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 UNITS = ("nats", "bits")
 

@@ -33,7 +33,7 @@ from jax import lax
 from scipy.sparse import csgraph
 
 from jaxcode import parallel
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 # ------------------------------------------------------------------ edge lengths
 

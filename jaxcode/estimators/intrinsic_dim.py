@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from jaxcode.estimators import knn as knn_lib
 from jaxcode.estimators.spectrum import covariance
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 TWONN_METHODS = ("linear", "mle")
 

@@ -42,7 +42,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcode.parallel import DATA, ConfigError
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import DATA
 
 METRICS = ("euclidean", "maxnorm")
 DUPLICATE_POLICIES = ("drop", "error")

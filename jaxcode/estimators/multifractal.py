@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from jaxcode.estimators import graph
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 # The released code's q grid: -3.0, -2.9, ..., 3.0.
 PAPER_QS = np.round(np.arange(-30, 31) / 10.0, 1)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 def _symmetric(edges: np.ndarray, n: int) -> sp.csr_matrix:

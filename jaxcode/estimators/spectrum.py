@@ -22,7 +22,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxcode.estimators.knn import check_points
-from jaxcode.parallel import DATA, ConfigError
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import DATA
 
 COV_BLOCK = 4096
 WEIGHTINGS = ("ols", "rank")

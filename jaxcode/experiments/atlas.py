@@ -30,8 +30,8 @@ import time
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxcode.experiments import common
-from jaxcode.parallel import ConfigError
+from jaxcode import workdir as workdir_lib
+from jaxcode.errors import ConfigError
 
 STAGES = ("extract", "sae", "estimates", "four_properties", "neuromfa")
 SOURCES_CODE, SOURCES_PROSE = "code", "prose"
@@ -151,7 +151,7 @@ def validate(config, workdir: str) -> dict:
     raise ConfigError(f"lobes.cluster_counts={tuple(lb.cluster_counts)}: expected < d_sae")
   ident = identity(config, name, layers)
   check_identity(workdir, ident)
-  common.check_workdir(workdir)                    # created only once every value passed
+  workdir_lib.check_workdir(workdir)                    # created only once every value passed
   return dict(path=path, name=name, layers=layers, lm=lm, d_sae=d_sae, identity=ident)
 
 
@@ -356,7 +356,7 @@ def stage_estimates(config, workdir: str, plan: dict, layer: int, cache, sae_dir
   t0 = time.time()
   sae = sae_io.load_saelens(os.path.join(sae_dir, "export", "sae"))
   res = layer_estimates(config, cache, layer, sae, sae_res, plan["lm"].tokenizer)
-  common.write_json(path, res)
+  workdir_lib.write_json(path, res)
   _log(config, f"estimates layer {layer}: TwoNN {res['twonn']:.1f}, MLE {res['mle']:.1f}, "
                f"slope {res['act_slope']:.2f} ({time.time() - t0:.0f} s)")
   return _read_json(path)
@@ -400,7 +400,7 @@ def stage_neuromfa(config, workdir: str, plan: dict) -> dict | None:
 def run(config, workdir: str, stop_after: str | None = None) -> dict:
   """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
   is a no-op, a differing config or a second process is refused in one line."""
-  return common.run_owned(workdir, config, "atlas", lambda: _run(config, workdir, stop_after),
+  return workdir_lib.run_owned(workdir, config, "atlas", lambda: _run(config, workdir, stop_after),
                           completed=lambda out: "stopped_after" not in out)
 
 
@@ -410,7 +410,7 @@ def _run(config, workdir: str, stop_after: str | None = None) -> dict:
     raise ConfigError(f"stop_after={stop_after!r}: expected one of {STAGES}")
   t0 = time.time()
   plan = validate(config, workdir)
-  common.write_json(os.path.join(workdir, "atlas.json"), plan["identity"])
+  workdir_lib.write_json(os.path.join(workdir, "atlas.json"), plan["identity"])
   seconds = {}
   ext = stage_extract(config, workdir, plan)
   seconds["extract"] = time.time() - t0
@@ -447,7 +447,7 @@ def _run(config, workdir: str, stop_after: str | None = None) -> dict:
   results["seconds_this_invocation"] = dict(seconds, total=time.time() - t0)
   figures = report.write_figures(results, os.path.join(workdir, "figures"))
   results["figures"] = [os.path.relpath(f, workdir) for f in figures]   # portable workdir
-  common.write_json(os.path.join(workdir, "results.json"), results)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
   report.write_html(_read_json(os.path.join(workdir, "results.json")), workdir)
   _log(config, f"done in {time.time() - t0:.0f} s -> {os.path.join(workdir, 'report.html')}")
   return results

@@ -22,12 +22,12 @@ from jax.sharding import PartitionSpec as P
 from jaxcode import parallel
 from jaxcode.analysis import coding_schemes as cs
 from jaxcode.data import tasks
-from jaxcode.experiments import common
+from jaxcode import workdir as workdir_lib
 from jaxcode.models import wide
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import langevin as lg
 from jaxcode.train import loop
-from jaxcode.train.metrics import NonFiniteError
+from jaxcode.errors import NonFiniteError
 
 PARAM_RULES = wide.CHAIN_RULES                              # chain axis first
 AUX_RULES = ((r"^buffer/samples/", P(None, parallel.DATA)),)  # sample axis, then chains
@@ -268,7 +268,7 @@ def write_figures(figdir: str, nl: str, fig: dict[str, Any]) -> list[str]:
 def run(cfg, workdir: str, mesh=None) -> dict:
   """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
   is a no-op, a differing config or a second process is refused in one line."""
-  return common.run_owned(workdir, cfg, "coding_schemes", lambda: _run(cfg, workdir, mesh))
+  return workdir_lib.run_owned(workdir, cfg, "coding_schemes", lambda: _run(cfg, workdir, mesh))
 
 
 def _run(cfg, workdir: str, mesh=None) -> dict:
@@ -277,7 +277,7 @@ def _run(cfg, workdir: str, mesh=None) -> dict:
   specs = {nl: wide.spec_from_config(cfg.model, data.x_train.shape[1], data.n_classes,
                                      data.x_train.shape[0], nl) for nl in cfg.nonlinearities}
   checks = validate_step_sizes(specs, data, cfg)
-  common.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir)
   out = {"task": data.name, "n_train": int(data.x_train.shape[0]),
          "n_test": int(data.x_test.shape[0]), "n_classes": data.n_classes, "results": {}}
   for nl, spec in specs.items():
@@ -290,5 +290,5 @@ def _run(cfg, workdir: str, mesh=None) -> dict:
     result["readout_prior_variance"] = spec.readout_variance
     result["figures"] = write_figures(os.path.join(workdir, "figures"), nl, figs)
     out["results"][nl] = result
-  common.write_json(os.path.join(workdir, "results.json"), out)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -17,9 +17,9 @@ from ml_collections import ConfigDict
 
 from jaxcode.analysis import concept_geometry as cg
 from jaxcode.data import activations, corpus
-from jaxcode.experiments import common
+from jaxcode import workdir as workdir_lib
 from jaxcode.models import sae_io
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 SOURCES = ("resid", "sae")
 
@@ -57,7 +57,7 @@ def validate(config, workdir: str) -> list[int]:
   if not config.sae_paths:
     from jaxcode.experiments import train_sae
     train_sae.validate_settings(config.sae_train, where="sae_train.")
-  common.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir)
   return layers
 
 
@@ -213,7 +213,7 @@ def _summarise_lobes(res: dict) -> dict:
 def run(config, workdir: str) -> dict:
   """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
   is a no-op, a differing config or a second process is refused in one line."""
-  return common.run_owned(workdir, config, "concept_geometry", lambda: _run(config, workdir))
+  return workdir_lib.run_owned(workdir, config, "concept_geometry", lambda: _run(config, workdir))
 
 
 def _run(config, workdir: str) -> dict:
@@ -323,5 +323,5 @@ def _run(config, workdir: str) -> dict:
                                   w_dec={l: saes[l].W_dec for l in lobe_plots},
                                   galaxy=galaxy, spectra=spectra)
   out["seconds"]["total"] = time.time() - t0
-  common.write_json(os.path.join(workdir, "results.json"), out)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

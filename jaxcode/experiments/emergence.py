@@ -26,10 +26,10 @@ import optax
 from jaxcode import parallel
 from jaxcode.analysis import neuromfa as nm
 from jaxcode.data import corpus
-from jaxcode.experiments import common
+from jaxcode import workdir as workdir_lib
 from jaxcode.experiments import neuromfa as nmfa_exp
 from jaxcode.models.lm import gpt2, hf
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop, optim
 
@@ -172,7 +172,7 @@ def run(config, workdir: str, mesh=None) -> dict:
   """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
   is a no-op, a differing config or a second process is refused in one line."""
   parallel.maybe_initialize_from_config(config.distributed)
-  return common.run_owned(workdir, config, "emergence", lambda: _run(config, workdir, mesh))
+  return workdir_lib.run_owned(workdir, config, "emergence", lambda: _run(config, workdir, mesh))
 
 
 def _run(config, workdir: str, mesh=None) -> dict:
@@ -207,5 +207,5 @@ def _run(config, workdir: str, mesh=None) -> dict:
   if parallel.is_main_process():
     out["figures"] = nmfa_exp.write_figures(out, os.path.join(workdir, "figures"),
                                             losses={"train (last batch)": train_loss, "held-out": eval_loss})
-    common.write_json(os.path.join(workdir, "results.json"), out)
+    workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -24,10 +24,9 @@ import numpy as np
 from jaxcode import parallel
 from jaxcode.data import activations as acts
 from jaxcode.data import corpus as corpus_lib
-from jaxcode.experiments import common
+from jaxcode import workdir as workdir_lib
 from jaxcode.models import lm as lm_lib
-from jaxcode.parallel import ConfigError
-from jaxcode.train.loop import Preempted
+from jaxcode.errors import ConfigError, Preempted
 
 CACHE = "activations"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -147,7 +146,7 @@ def run(config, workdir: str, mesh=None) -> dict:
   """
   validate_settings(config, mesh)
   cache_dir = os.path.join(workdir, CACHE)
-  return common.run_owned(workdir, config, "extract", lambda: _load_and_extract(config, workdir, mesh),
+  return workdir_lib.run_owned(workdir, config, "extract", lambda: _load_and_extract(config, workdir, mesh),
                           still_valid=lambda: _intact(cache_dir))
 
 
@@ -175,10 +174,9 @@ class ExtractionStopped(Preempted):
   def __init__(self, signum: int, cache_dir: str):
     m = acts.read_manifest(cache_dir) or {}
     done, rows, per = len(m.get("chunks", [])), m.get("n_rows", 0), m.get("rows_per_chunk", 1)
-    Exception.__init__(self, f"extraction stopped by signal {signum} with {done} of "
-                             f"{-(-rows // per)} chunks complete in {cache_dir}; rerun the same "
-                             "command to resume")
-    self.step, self.signum = done, signum
+    super().__init__(done, signum, f"extraction stopped by signal {signum} with {done} of "
+                     f"{-(-rows // per)} chunks complete in {cache_dir}; rerun the same command "
+                     "to resume")
 
 
 @contextlib.contextmanager
@@ -230,7 +228,7 @@ def _extract(config, workdir: str, lm, model_name: str, packed, mesh) -> dict:
   out["runs"] = runs           # one entry per invocation (a resumed job has several)
   out["tokens_per_s_all_runs"] = (sum(r["tokens_computed"] for r in worked) /
                                   sum(r["seconds"] for r in worked)) if worked else None
-  common.write_json(os.path.join(workdir, "results.json"), out)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   tps = f"{out['tokens_per_s']:.0f} tokens/s" if out["tokens_per_s"] else "nothing to compute"
   print(f"extract: {out['n_tokens']} tokens cached in {n_chunks} chunks "
         f"({out['chunks_kept']} kept, {out['chunks_computed']} computed, {tps}) -> {cache_dir}",

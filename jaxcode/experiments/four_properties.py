@@ -19,8 +19,8 @@ import numpy as np
 
 from jaxcode.analysis import four_properties as fp
 from jaxcode.estimators import intrinsic_dim, spectrum
-from jaxcode.experiments import common
-from jaxcode.parallel import ConfigError
+from jaxcode import workdir as workdir_lib
+from jaxcode.errors import ConfigError
 
 CONTEXTS = ("template", "isolated")
 
@@ -82,7 +82,7 @@ def validate(config, workdir: str) -> None:
   _pos_int("batch", config.batch)
   if not 0.0 <= config.twonn_discard < 1.0:
     raise ConfigError(f"twonn_discard={config.twonn_discard}: expected 0 <= value < 1")
-  common.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir)
 
 
 def _read(path: str, key: str) -> dict:
@@ -305,7 +305,7 @@ def layer_row(config, x_ND, labels_N, vocab_VD, quads, quad_rel, sae) -> dict:
 def run(config, workdir: str) -> dict:
   """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
   is a no-op, a differing config or a second process is refused in one line."""
-  return common.run_owned(workdir, config, "four_properties", lambda: _run(config, workdir))
+  return workdir_lib.run_owned(workdir, config, "four_properties", lambda: _run(config, workdir))
 
 
 def _run(config, workdir: str) -> dict:
@@ -357,5 +357,5 @@ def _run(config, workdir: str) -> dict:
       seconds=seconds, table=table)
   from jaxcode.report import four_properties as report
   results["figures"] = report.write_all(results, os.path.join(workdir, "figures"))
-  common.write_json(os.path.join(workdir, "results.json"), results)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
   return results

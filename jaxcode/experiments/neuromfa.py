@@ -24,8 +24,8 @@ import numpy as np
 
 from jaxcode.analysis import neuromfa as nm
 from jaxcode.estimators import multifractal as mf
-from jaxcode.experiments import common
-from jaxcode.parallel import ConfigError
+from jaxcode import workdir as workdir_lib
+from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 
 
@@ -149,7 +149,7 @@ def validate(config, workdir: str) -> dict:
               skip_length=float(m.skip_length))
   for spec in c.get("checkpoints", ()):   # the specs' syntax and local paths
     parse_spec(spec)
-  common.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir)
   return kw
 
 
@@ -192,7 +192,7 @@ def write_figures(out: dict, figdir: str, losses=None) -> list[str]:
 def run(config, workdir: str) -> dict:
   """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
   is a no-op, a differing config or a second process is refused in one line."""
-  return common.run_owned(workdir, config, "neuromfa", lambda: _run(config, workdir))
+  return workdir_lib.run_owned(workdir, config, "neuromfa", lambda: _run(config, workdir))
 
 
 def _run(config, workdir: str) -> dict:
@@ -201,5 +201,5 @@ def _run(config, workdir: str) -> dict:
   out = {"experiment": "neuromfa", "variant": config.get("variant", ""),
          **analyse(config, labelled, kw)}
   out["figures"] = write_figures(out, os.path.join(workdir, "figures"))
-  common.write_json(os.path.join(workdir, "results.json"), out)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -19,9 +19,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxcode import parallel
 from jaxcode.analysis import superposition as sup
 from jaxcode.data import sparse_features
-from jaxcode.experiments import common
+from jaxcode import workdir as workdir_lib
 from jaxcode.models import toy
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop
 
@@ -91,7 +91,7 @@ def validate(config, workdir: str) -> tuple[int, int]:
                                             jax.device_count())
   if tc.batch % data:
     raise ConfigError(f"toy.batch={tc.batch}: expected a multiple of the data axis size {data}")
-  common.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir)
   ckpt_lib.check_directory(os.path.join(workdir, "checkpoints"))
   return data, model
 
@@ -217,7 +217,7 @@ def run(config, workdir: str, mesh=None) -> dict:
   if mesh is None:
     validate(config, workdir)
     mesh = parallel.mesh_from_config(config.mesh)
-  return common.run_owned(workdir, config, "superposition",
+  return workdir_lib.run_owned(workdir, config, "superposition",
                           lambda: _train_and_analyse(config, workdir, mesh))
 
 
@@ -239,5 +239,5 @@ def _train_and_analyse(config, workdir: str, mesh) -> dict:
     from jaxcode.report import superposition as figs
     out["figures"] = figs.write_all(records, os.path.join(workdir, "figures"),
                                     phase=out.get("phase"))
-    common.write_json(os.path.join(workdir, "results.json"), out)
+    workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -19,10 +19,10 @@ from jaxcode import parallel
 from jaxcode.analysis import sae_eval
 from jaxcode.data import sources
 from jaxcode.data.synthetic import mean_max_cosine
-from jaxcode.experiments import common
+from jaxcode import workdir as workdir_lib
 from jaxcode.models import sae as sae_lib
 from jaxcode.models import sae_io
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop, optim
 
@@ -79,7 +79,7 @@ def validate(config, workdir: str):
   if b <= 0 or b % data:
     raise ConfigError(f"batch_size={b}: expected a positive multiple of the data axis size {data}")
   if workdir is not None:
-    common.check_workdir(workdir)
+    workdir_lib.check_workdir(workdir)
     ckpt_lib.check_directory(os.path.join(workdir, "checkpoints"))
   return src, cfg
 
@@ -137,7 +137,7 @@ def run(config, workdir: str, mesh=None, on_metrics=None) -> dict:
   if cfg.d_sae % mesh.shape[parallel.MODEL]:
     raise ConfigError(f"mesh model axis {mesh.shape[parallel.MODEL]} does not divide "
                       f"d_sae={cfg.d_sae}")
-  return common.run_owned(workdir, config, "train_sae",
+  return workdir_lib.run_owned(workdir, config, "train_sae",
                           lambda: _train_and_evaluate(config, workdir, src, cfg, mesh, on_metrics))
 
 
@@ -181,5 +181,5 @@ def _train_and_evaluate(config, workdir: str, src, cfg, mesh, on_metrics) -> dic
     out["figures"] = [sae_eval.plot_density_histogram(full, labels,
                                                       os.path.join(figs, "density.png")),
                       sae_eval.plot_l0_vs_ev(full, labels, os.path.join(figs, "l0_vs_ev.png"))]
-    common.write_json(os.path.join(workdir, "results.json"), out)
+    workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -62,7 +62,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxcode.parallel import ConfigError, DATA, MODEL
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import DATA, MODEL
 
 ARCHITECTURES = ("relu", "relu_classic", "topk", "batchtopk", "jumprelu", "jumprelu_tanh",
                  "matryoshka")

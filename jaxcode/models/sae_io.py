@@ -27,7 +27,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxcode.models import sae as sae_lib
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"

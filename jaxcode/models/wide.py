@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxcode.parallel import DATA, ConfigError
+from jaxcode.errors import ConfigError
+from jaxcode.parallel import DATA
 
 NONLINEARITIES = ("linear", "erf", "relu")
 READOUTS = ("mean_field", "lazy")

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxcode import faults
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 _STEP_DIR = re.compile(r"^\d+$")
 _ITEMS = ("_CHECKPOINT_METADATA", "state", "meta")

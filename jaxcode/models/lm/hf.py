@@ -5,7 +5,7 @@
 Hub id and revision (for example Pythia's `step1000`), fetched with huggingface_hub.
 The config comes from transformers.AutoConfig, the tokenizer from AutoTokenizer (no
 torch needed), the weights from safetensors through each architecture's key map.
-Every input problem is a one-line jaxcode.parallel.ConfigError raised before compute.
+Every input problem is a one-line jaxcode.errors.ConfigError raised before compute.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxcode import parallel
 from jaxcode.models.lm import bert, gpt2, gpt_neox
-from jaxcode.parallel import ConfigError
+from jaxcode.errors import ConfigError
 
 ARCHS = {"gpt2": gpt2, "gpt_neox": gpt_neox, "bert": bert}
 BLOCK_HOOKS = ("resid_pre", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
