@@ -95,11 +95,6 @@ def interleaved_seconds(fns: dict, repeats: int) -> dict:
   return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _rows(packed, n: int):
-  return corpus_lib.Packed(packed.input_ids[:n], packed.attention_mask[:n], packed.doc_index[:n],
-                           packed.special[:n], packed.doc_ids, packed.sources)
-
-
 def run(config) -> dict:
   path, name = (lm_lib.minilm_path(), exp.MINILM_ID) if config.model == "minilm" else (
       config.model, config.model)
@@ -108,7 +103,7 @@ def run(config) -> dict:
   docs = corpus_lib.load_corpus(config.corpus)
   packed = corpus_lib.pack(docs, lm.tokenizer, int(config.seq_len))
   B, T = int(config.batch_size), int(config.seq_len)
-  packed = exp.select_rows(packed, B * int(config.n_batches))
+  packed = packed.evenly_spaced_rows(B * int(config.n_batches))
   batches = _batches(packed, B, int(config.n_batches))
   positions = len(batches) * B * T
   repeats = int(config.repeats)
@@ -125,7 +120,7 @@ def run(config) -> dict:
     fns["torch"], ref_last, (version, threads) = torch_pass(lm.model_dir, batches)
   except ImportError:
     version = None
-  sub = _rows(packed, len(batches) * B)
+  sub = packed.take_rows(np.arange(len(batches) * B))
   tmp = tempfile.mkdtemp(prefix="bench_extract_")
   try:
     fns["extract"] = extract_pass(lm, hookpoints, sub, B, tmp)

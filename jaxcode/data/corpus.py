@@ -227,6 +227,32 @@ class Packed:
     lab = np.array(self.sources + [""], dtype=object)
     return lab[self.doc_index]
 
+  def source_of_rows(self) -> np.ndarray:
+    """[N] source label of each row: that of the last document the row holds."""
+    lab = np.array(self.sources + [""], dtype=object)
+    return lab[np.max(self.doc_index, axis=1)]
+
+  def take_rows(self, rows_R: np.ndarray) -> "Packed":
+    """These rows, in this order (documents and sources kept whole)."""
+    rows_R = np.asarray(rows_R, np.int64)
+    return Packed(self.input_ids[rows_R], self.attention_mask[rows_R], self.doc_index[rows_R],
+                  self.special[rows_R], self.doc_ids, self.sources)
+
+  def evenly_spaced_rows(self, n_rows: int) -> "Packed":
+    """n_rows rows evenly spaced over the corpus (all rows when it has no more)."""
+    N = self.input_ids.shape[0]
+    if n_rows >= N:
+      return self
+    return self.take_rows(np.unique(np.round(np.linspace(0, N - 1, n_rows)).astype(np.int64)))
+
+  def first_rows_per_source(self, n_rows: int) -> "Packed":
+    """The first n_rows rows of each source label, in corpus order (0: all rows)."""
+    if n_rows <= 0:
+      return self
+    src = self.source_of_rows()
+    rows = np.concatenate([np.nonzero(src == s)[0][:n_rows] for s in dict.fromkeys(src) if s])
+    return self.take_rows(np.sort(rows))
+
 
 def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
   """Token ids the tokenizer puts before and after a single sequence (e.g. [CLS], [SEP])."""

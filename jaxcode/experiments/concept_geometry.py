@@ -138,19 +138,6 @@ def word_embeddings(lm, words: list[str], hookpoint: str, batch: int = 64) -> di
 
 # ------------------------------------------------------------------ activations
 
-def select_rows(packed: corpus.Packed, max_rows_per_source: int) -> corpus.Packed:
-  """The first `max_rows_per_source` rows of each source label (0: all rows)."""
-  if max_rows_per_source <= 0:
-    return packed
-  src = np.array(packed.sources + [""], dtype=object)[np.max(packed.doc_index, axis=1)]
-  rows = np.concatenate([np.nonzero(src == s)[0][:max_rows_per_source]
-                         for s in dict.fromkeys(src) if s])
-  rows = np.sort(rows)
-  return corpus.Packed(packed.input_ids[rows], packed.attention_mask[rows],
-                       packed.doc_index[rows], packed.special[rows], packed.doc_ids,
-                       packed.sources)
-
-
 def load_lm(config):
   from jaxcode.models.lm import load_pretrained, minilm_path
   path = minilm_path() if config.model == "minilm" else config.model
@@ -239,8 +226,8 @@ def _run(config, workdir: str) -> dict:
     raise ConfigError(f"crystals: {len(pairs)} relation(s) with two known pairs: expected >= 2")
 
   docs = corpus.load_corpus(config.corpus.spec)
-  packed = select_rows(corpus.pack(docs, lm.tokenizer, int(config.corpus.seq_len)),
-                       int(config.corpus.max_rows_per_source))
+  packed = corpus.pack(docs, lm.tokenizer, int(config.corpus.seq_len)).first_rows_per_source(
+      int(config.corpus.max_rows_per_source))
   bs = int(config.corpus.batch_size)
   cache_dir = os.path.join(workdir, "cache")
   activations.extract(lm, packed, hooks, cache_dir, batch_size=bs,

@@ -103,22 +103,11 @@ def load_model(config, mesh):
   return lm, name
 
 
-def select_rows(packed: corpus_lib.Packed, n_rows: int) -> corpus_lib.Packed:
-  """n_rows rows evenly spaced over the packed corpus (all rows if it has no more)."""
-  N = packed.input_ids.shape[0]
-  if n_rows >= N:
-    return packed
-  idx = np.unique(np.round(np.linspace(0, N - 1, n_rows)).astype(np.int64))
-  return corpus_lib.Packed(packed.input_ids[idx], packed.attention_mask[idx],
-                           packed.doc_index[idx], packed.special[idx], packed.doc_ids,
-                           packed.sources)
-
-
 def load_packed(config, tokenizer) -> corpus_lib.Packed:
   docs = corpus_lib.load_corpus(config.corpus, config.text_field, config.max_docs or None)
   packed = corpus_lib.pack(docs, tokenizer, config.seq_len)
   if config.max_tokens:
-    packed = select_rows(packed, config.max_tokens // config.seq_len)
+    packed = packed.evenly_spaced_rows(config.max_tokens // config.seq_len)
   return packed
 
 
