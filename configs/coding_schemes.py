@@ -27,7 +27,7 @@ questions) are chosen here; the reasons:
 
 from ml_collections import ConfigDict
 
-from jaxcode.train.loop import default_train_config
+from configs._train import default_train_config
 
 VARIANTS = {   # name (= data.name): the task the networks learn
     "toy": "16 random inputs in 3 unbalanced classes, width 256, 40k Langevin steps",

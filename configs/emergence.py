@@ -12,7 +12,7 @@ Default: ~5 minutes on 2 CPU cores (d_model 64, 2 blocks, 512 steps of 16 x 64 t
 from ml_collections import ConfigDict
 
 from configs.neuromfa import get_config as neuromfa_config
-from jaxcode.train.loop import default_train_config
+from configs._train import default_train_config
 
 VARIANTS = {   # name: what it trains
     "default": "GPT-2 with d_model 64, 2 blocks, 512 steps of 16 x 64 tokens (~5 minutes)",

@@ -13,7 +13,7 @@ or a sweep of 4 SAEs trained at once: --config.sae.sweep_k='(16,32,64,128)'.
 
 from ml_collections import ConfigDict
 
-from jaxcode.train.loop import default_train_config
+from configs._train import default_train_config
 
 VARIANTS = {   # name (= sae.architecture): the SAE it trains
     "relu": "Anthropic April 2024: L1 on codes weighted by decoder norms, unconstrained decoder",

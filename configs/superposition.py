@@ -9,10 +9,9 @@ The optimiser follows the released notebook: AdamW, lr 1e-3 constant, weight dec
 (PyTorch's default), batch 1024, 10,000 steps, xavier-normal init, b = 0.
 """
 
-import numpy as np
 from ml_collections import ConfigDict
 
-from jaxcode.train.loop import default_train_config
+from configs._train import default_train_config
 
 VARIANTS = {   # name: what it runs
     "seed40": "40 features (importance 1 -> 0.1) in 5 dimensions, linear and ReLU, "
@@ -29,6 +28,13 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("toy.seeds", "independent instances per (model, sparsity)"),
     ("optim.lr", "learning rate"),
 )
+
+
+def _logspace(start: float, stop: float, num: int) -> list[float]:
+  """numpy.logspace without numpy (configs import only the standard library): the same
+  float operations, the last exponent set to `stop` exactly."""
+  step = (stop - start) / (num - 1)
+  return [10.0 ** (stop if i == num - 1 else i * step + start) for i in range(num)]
 
 
 def get_config(variant: str = "seed40") -> ConfigDict:
@@ -67,8 +73,8 @@ def get_config(variant: str = "seed40") -> ConfigDict:
     c.toy.n, c.toy.m = 2, 1
     c.toy.importance = "uniform"
     c.toy.models = ("relu",)
-    c.toy.sparsities = tuple(float(1.0 - d) for d in np.logspace(-2, 0, 12))
-    c.toy.relative_importance = tuple(float(r) for r in np.logspace(-1, 1, 12))
+    c.toy.sparsities = tuple(float(1.0 - d) for d in _logspace(-2, 0, 12))
+    c.toy.relative_importance = tuple(float(r) for r in _logspace(-1, 1, 12))
     c.toy.seeds = 4            # per cell the seed with the lowest exact expected loss is kept
     c.steps = 4_000
     c.checkpoint.every = 1_000

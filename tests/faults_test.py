@@ -18,6 +18,7 @@ from jaxcode import workdir as workdir_lib
 from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop
+from configs._train import default_train_config
 from tests.launch_util import REPO, cpu_env
 
 
@@ -176,7 +177,7 @@ def _task():
 
 
 def _cfg(steps):
-  c = loop.default_train_config()
+  c = default_train_config()
   c.steps, c.log_every, c.checkpoint.every, c.checkpoint.keep = steps, 5, 5, 2
   c.checkpoint.async_save = False
   c.optim.name, c.optim.lr = "sgd", 0.05

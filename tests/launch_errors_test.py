@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+from configs._train import default_train_config
+
 from configs import atlas as atlas_configs
 from configs import neuromfa as neuromfa_configs
 from configs import sae as sae_configs
@@ -148,7 +150,7 @@ def test_k_limit_agrees_between_train_sae_and_atlas(tmp_path):
     ("final_lr_fraction", -0.5, r"optim.final_lr_fraction=-0.5"),
 ])
 def test_optimizer_values_must_be_finite_and_in_range(field, value, match):
-  c = loop.default_train_config().optim
+  c = default_train_config().optim
   c.name = "adamw"
   c[field] = value
   with pytest.raises(ConfigError, match=match):

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from configs._train import default_train_config
 from jax.sharding import PartitionSpec as P
 
 from jaxcode import parallel
@@ -42,7 +44,7 @@ def _task(nan_at=None, **kw):
 
 
 def _cfg(steps=40, every=10):
-  c = loop.default_train_config()
+  c = default_train_config()
   c.steps, c.log_every, c.checkpoint.every = steps, 5, every
   c.optim.name, c.optim.lr, c.optim.schedule, c.optim.warmup_steps = "adam", 0.05, "warmup_cosine", 5
   c.optim.clip_norm = 1.0
@@ -120,7 +122,7 @@ def test_resume_with_other_seed_is_refused(tmp_path):
 
 
 def test_schedules_match_hand_values():
-  c = loop.default_train_config().optim
+  c = default_train_config().optim
   c.lr, c.schedule, c.warmup_steps, c.final_lr_fraction = 1.0, "warmup_cosine", 10, 0.1
   s = optim.make_schedule(c, 110)
   assert float(s(0)) == 0.0 and abs(float(s(5)) - 0.5) < 1e-7 and abs(float(s(10)) - 1.0) < 1e-7
@@ -135,7 +137,7 @@ def test_schedules_match_hand_values():
 
 
 def test_gradient_clipping_from_config():
-  c = loop.default_train_config().optim
+  c = default_train_config().optim
   c.name, c.lr, c.clip_norm = "sgd", 1.0, 0.5
   tx = optim.make_optimizer(c, 10)
   g = {"a": jnp.array([3.0, 4.0])}

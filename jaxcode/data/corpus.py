@@ -289,34 +289,51 @@ def pack(docs: Sequence[Document], tokenizer, seq_len: int, concat: bool | None 
   enc = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
   eos = tokenizer.eos_token_id if concat else None
 
-  pieces: list[tuple[list[int], list[int], list[bool]]] = []  # (ids, doc idx, special)
-  if concat:
-    ids, idx, sp = [], [], []
-    for j, toks in enumerate(enc):
-      if not toks:
-        continue
-      ids += list(toks)
-      idx += [j] * len(toks)
-      sp += [False] * len(toks)
-      if eos is not None:
-        ids.append(eos)
-        idx.append(-1)
-        sp.append(True)
-    for s in range(0, len(ids), body):
-      pieces.append((ids[s:s + body], idx[s:s + body], sp[s:s + body]))
-      if max_sequences is not None and len(pieces) >= max_sequences:
-        break
-  else:
-    for j, toks in enumerate(enc):
-      for s in range(0, len(toks), body):
-        chunk = list(toks[s:s + body])
-        pieces.append((chunk, [j] * len(chunk), [False] * len(chunk)))
-      if max_sequences is not None and len(pieces) >= max_sequences:
-        break
-  pieces = pieces[:max_sequences] if max_sequences is not None else pieces
+  pieces = (_stream_pieces(enc, body, eos, max_sequences) if concat
+            else _document_pieces(enc, body, max_sequences))
   if not pieces:
     raise ConfigError("corpus: tokenisation produced no tokens")
+  return _rows(pieces, tokenizer, seq_len, prefix, suffix, docs)
 
+
+Piece = tuple[list[int], list[int], list[bool]]   # a row's (ids, doc index, special)
+
+
+def _stream_pieces(enc, body: int, eos: int | None, max_sequences: int | None) -> list[Piece]:
+  """All documents as one stream (EOS between them when there is one), cut into rows."""
+  ids, idx, sp = [], [], []
+  for j, toks in enumerate(enc):
+    if not toks:
+      continue
+    ids += list(toks)
+    idx += [j] * len(toks)
+    sp += [False] * len(toks)
+    if eos is not None:
+      ids.append(eos)
+      idx.append(-1)
+      sp.append(True)
+  pieces = []
+  for s in range(0, len(ids), body):
+    pieces.append((ids[s:s + body], idx[s:s + body], sp[s:s + body]))
+    if max_sequences is not None and len(pieces) >= max_sequences:
+      break
+  return pieces
+
+
+def _document_pieces(enc, body: int, max_sequences: int | None) -> list[Piece]:
+  """Each document cut into its own rows."""
+  pieces = []
+  for j, toks in enumerate(enc):
+    for s in range(0, len(toks), body):
+      chunk = list(toks[s:s + body])
+      pieces.append((chunk, [j] * len(chunk), [False] * len(chunk)))
+    if max_sequences is not None and len(pieces) >= max_sequences:
+      break
+  return pieces[:max_sequences] if max_sequences is not None else pieces
+
+
+def _rows(pieces: list[Piece], tokenizer, seq_len: int, prefix, suffix, docs) -> Packed:
+  """The pieces wrapped in the tokenizer's special tokens and padded to seq_len."""
   N = len(pieces)
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   input_ids = np.full((N, seq_len), pad, np.int32)

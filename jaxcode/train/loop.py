@@ -17,7 +17,6 @@ from typing import Any, Callable, Sequence
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -62,37 +61,6 @@ class TrainResult:
   metrics: dict            # host copy of the last step's metrics
   resumed_from: int | None
   steps_run: int
-
-
-def default_train_config() -> ml_collections.ConfigDict:
-  """The loop's config fields with defaults, to embed in an experiment config."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0                 # seeds init, data and per-step RNG
-  c.steps = 1000             # total optimizer updates
-  c.log_every = 100          # metrics.jsonl / progress line interval (steps)
-  c.mesh = ml_collections.ConfigDict(dict(
-      data=-1,               # devices on the data / instance axis (-1: the rest)
-      model=1))              # devices on the model axis
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every=500,             # save interval (steps); also saved at the end and on SIGTERM
-      keep=2,                # checkpoints kept
-      async_save=True))      # orbax background writes
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adam",           # adam | adamw | sgd
-      lr=1e-3,               # peak learning rate
-      schedule="constant",   # constant | cosine | linear | warmup_constant | warmup_cosine | warmup_linear
-      warmup_steps=0,        # linear warm-up length for warmup_* schedules
-      final_lr_fraction=0.0,  # end of cosine / linear decay as a fraction of lr
-      b1=0.9, b2=0.999, eps=1e-8,  # Adam moments
-      weight_decay=0.0,      # AdamW decoupled decay
-      momentum=0.0,          # SGD momentum (0: none)
-      clip_norm=0.0))        # global-norm gradient clipping (0: off)
-  c.distributed = ml_collections.ConfigDict(dict(
-      enabled=False,         # call jax.distributed.initialize before touching devices
-      coordinator_address="",  # host:port of process 0 ('' : auto-detect on TPU/SLURM/k8s)
-      num_processes=0,       # with coordinator_address
-      process_id=0))         # with coordinator_address
-  return c
 
 
 def validate_train_config(cfg) -> None:
@@ -189,20 +157,9 @@ def create_state(task: Task, tx, seed: int, mesh):
   return abstract, shardings, make
 
 
-def train(task: Task, cfg, workdir: str, mesh=None,
-          on_metrics: Callable[[int, dict], None] | None = None) -> TrainResult:
-  """Trains `task` for cfg.steps updates in `workdir`, resuming if checkpoints exist."""
-  validate_train_config(cfg)
-  mesh = mesh if mesh is not None else parallel.mesh_from_config(cfg.mesh)
-  total = int(cfg.steps)
-  tx = task.tx if task.tx is not None else optim.make_optimizer(cfg.optim, total)
-  main = parallel.is_main_process()
-  os.makedirs(workdir, exist_ok=True)
-
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), int(cfg.checkpoint.every),
-                               int(cfg.checkpoint.keep), bool(cfg.checkpoint.async_save))
-  abstract, shardings, make_state = create_state(task, tx, int(cfg.seed), mesh)
-  meta = {"seed": int(cfg.seed), "steps": total, **task.meta}
+def _restore_or_init(task: Task, ckpt, abstract, shardings, make_state, meta: dict,
+                     workdir: str):
+  """(state, restored step or None, the restored run's last metrics)."""
 
   def same_run(saved):
     for k, v in meta.items():
@@ -212,32 +169,28 @@ def train(task: Task, cfg, workdir: str, mesh=None,
 
   restored = ckpt.restore_latest(ckpt_lib.abstract_with_shardings(abstract, shardings),
                                  accept=same_run)
-  latest, last = None, {}
-  if restored is not None:
-    latest, state, saved = restored
-    last = {k: np.asarray(v) for k, v in saved.get("metrics", {}).items()}
-  else:
-    state = make_state()
-  start = int(jax.device_get(state.step))
+  if restored is None:
+    return make_state(), None, {}
+  step, state, saved = restored
+  return state, step, {k: np.asarray(v) for k, v in saved.get("metrics", {}).items()}
 
-  batch_sh = None
-  if task.batch is not None:
-    probe = jax.tree.map(   # batch 0 on the host (a source may run JAX itself: no tracing)
-        lambda v: jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(
-            np.asarray(v).dtype)), task.batch(0))
-    batch_sh = jax.tree.map(lambda s: NamedSharding(mesh, s),
-                            _spec_tree(task.batch_spec, probe),
-                            is_leaf=lambda x: isinstance(x, P))
-  step_fn = jax.jit(make_step_fn(task, tx), in_shardings=(shardings, batch_sh),
-                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=main, resume_step=start)
-  progress = metrics_lib.Progress(total, start, enabled=main)
-  every, log_every = int(cfg.checkpoint.every), int(cfg.log_every)
+def _batch_feeder(task: Task, mesh) -> tuple[Any, Callable[[int], Any]]:
+  """(batch shardings, step -> the step's global batch on the mesh)."""
+  if task.batch is None:
+    return None, lambda s: None
+  probe = jax.tree.map(   # batch 0 on the host (a source may run JAX itself: no tracing)
+      lambda v: jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(
+          np.asarray(v).dtype)), task.batch(0))
+  batch_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), _spec_tree(task.batch_spec, probe),
+                          is_leaf=lambda x: isinstance(x, P))
+
+  def one(x, sh):
+    x = np.asarray(x)
+    rows = parallel.process_rows(x.shape[0], sh)
+    return jax.make_array_from_process_local_data(sh, x[rows], x.shape)
 
   def feed(s):
-    if task.batch is None:
-      return None
     if jax.process_count() > 1 and task.local_batch is not None:
       rows = parallel.process_rows(probe.shape[0], batch_sh)
       return jax.make_array_from_process_local_data(
@@ -245,46 +198,82 @@ def train(task: Task, cfg, workdir: str, mesh=None,
     host = task.batch(s)
     if jax.process_count() == 1:
       return jax.device_put(host, batch_sh)
-    def one(x, sh):
-      x = np.asarray(x)
-      rows = parallel.process_rows(x.shape[0], sh)
-      return jax.make_array_from_process_local_data(sh, x[rows], x.shape)
     return jax.tree.map(one, host, batch_sh)
 
-  def handle(s, m):
-    nonlocal last
-    host = jax.device_get(m)
-    metrics_lib.check_finite(s, host, ckpt.latest_step)
-    last = host
-    if s % log_every == 0 or s == total:
-      writer.write(s, host)
-      progress.report(s, host)
-    if on_metrics is not None:
-      on_metrics(s, host)
+  return batch_sh, feed
 
+
+class _Metrics:
+  """Host metrics of each step: NaN guard, metrics.jsonl, progress line, callback."""
+
+  def __init__(self, cfg, workdir: str, start: int, last: dict, ckpt, on_metrics):
+    main = parallel.is_main_process()
+    self.total, self.log_every = int(cfg.steps), int(cfg.log_every)
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=main, resume_step=start)
+    self.progress = metrics_lib.Progress(self.total, start, enabled=main)
+    self.last, self.ckpt, self.on_metrics = last, ckpt, on_metrics
+
+  def __call__(self, s: int, m) -> None:
+    host = jax.device_get(m)
+    metrics_lib.check_finite(s, host, self.ckpt.latest_step)
+    self.last = host
+    if s % self.log_every == 0 or s == self.total:
+      self.writer.write(s, host)
+      self.progress.report(s, host)
+    if self.on_metrics is not None:
+      self.on_metrics(s, host)
+
+
+def _run_steps(step_fn, state, feed, start: int, cfg, ckpt, meta: dict, handle: _Metrics):
+  """Steps start..cfg.steps; metrics of step t are fetched while step t+1 runs; a checkpoint
+  is written only after its step's metrics pass the guard; a signal saves and stops."""
+  total, every = int(cfg.steps), int(cfg.checkpoint.every)
   pending = None
-  try:
-    with _SignalFlag() as flag:
-      for s in range(start, total):
-        state, m = step_fn(state, feed(s))
-        if pending is not None:
-          handle(*pending)      # step s-1's metrics, while step s runs
-        pending = (s + 1, m)
-        stop = flag.should_stop(s + 1)
-        if (s + 1) % every == 0 or s + 1 == total or stop:
-          handle(*pending)      # a checkpoint is written only after its metrics pass the guard
-          pending = None
-          ckpt.save(s + 1, state, {**meta, "step": s + 1, "metrics": metrics_lib.to_json(last)},
-                    force=True)
-        if stop:
-          ckpt.wait()
-          raise Preempted(s + 1, flag.signum)
+  with _SignalFlag() as flag:
+    for s in range(start, total):
+      state, m = step_fn(state, feed(s))
       if pending is not None:
+        handle(*pending)      # step s-1's metrics, while step s runs
+      pending = (s + 1, m)
+      stop = flag.should_stop(s + 1)
+      if (s + 1) % every == 0 or s + 1 == total or stop:
         handle(*pending)
+        pending = None
+        ckpt.save(s + 1, state, {**meta, "step": s + 1,
+                                 "metrics": metrics_lib.to_json(handle.last)}, force=True)
+      if stop:
+        ckpt.wait()
+        raise Preempted(s + 1, flag.signum)
+    if pending is not None:
+      handle(*pending)
+  return state
+
+
+def train(task: Task, cfg, workdir: str, mesh=None,
+          on_metrics: Callable[[int, dict], None] | None = None) -> TrainResult:
+  """Trains `task` for cfg.steps updates in `workdir`, resuming if checkpoints exist."""
+  validate_train_config(cfg)
+  mesh = mesh if mesh is not None else parallel.mesh_from_config(cfg.mesh)
+  total = int(cfg.steps)
+  tx = task.tx if task.tx is not None else optim.make_optimizer(cfg.optim, total)
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), int(cfg.checkpoint.every),
+                               int(cfg.checkpoint.keep), bool(cfg.checkpoint.async_save))
+  abstract, shardings, make_state = create_state(task, tx, int(cfg.seed), mesh)
+  meta = {"seed": int(cfg.seed), "steps": total, **task.meta}
+  state, latest, last = _restore_or_init(task, ckpt, abstract, shardings, make_state, meta,
+                                         workdir)
+  start = int(jax.device_get(state.step))
+  batch_sh, feed = _batch_feeder(task, mesh)
+  step_fn = jax.jit(make_step_fn(task, tx), in_shardings=(shardings, batch_sh),
+                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+  handle = _Metrics(cfg, workdir, start, last, ckpt, on_metrics)
+  try:
+    state = _run_steps(step_fn, state, feed, start, cfg, ckpt, meta, handle)
   finally:
     ckpt.close()
-    writer.close()
-  return TrainResult(state=state, metrics=last, resumed_from=latest,
+    handle.writer.close()
+  return TrainResult(state=state, metrics=handle.last, resumed_from=latest,
                      steps_run=total - start)
 
 
