@@ -41,6 +41,9 @@ benchmark measured 3.4x faster on CPU ("auto" picks per backend).
 Inputs are multiplied by one normalisation scalar ``aux['norm_scale']`` estimated before
 training (``estimate_norm_scale``); ``sae_io.export`` folds it into the weights.
 
+Each architecture's training loss is one short function registered by name in ``LOSSES``;
+``_loss_one`` computes the inputs they share and ``_metrics`` the metrics they all report.
+
 Parameters of one SAE: W_enc_MD [M, D] (the encoder stored latent-major, i.e. the transpose of
 SAELens' W_enc [d_in, d_sae], so the sparse TopK gradient is a row scatter with no transpose),
 b_enc [M], W_dec [M, D], b_dec [D], and threshold [M] (float32) for JumpReLU.  On a mesh the
@@ -53,7 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
@@ -62,7 +65,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxcode.errors import ConfigError
+from jaxcode.errors import ConfigError, finite, increasing, positive_int
 from jaxcode.parallel import DATA, MODEL
 
 ARCHITECTURES = ("relu", "relu_classic", "topk", "batchtopk", "jumprelu", "jumprelu_tanh",
@@ -82,12 +85,15 @@ SWEEP_MODES = ("auto", "vmap", "unroll")
 SPARSE_TOPK_FASTER = {"cpu": True}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SAEConfig:
   """Static description of one SAE or of a sweep of SAEs sharing architecture and width.
 
   ``k`` and ``sparsity_coef`` may each be a number or a tuple (one value per SAE of a sweep);
-  a number is broadcast to the sweep.
+  a number is broadcast to the sweep.  Fields are keyword-only.  The declared defaults of the
+  SAE fields are configs/sae.py's (jaxcode.pipeline.sae.sae_config passes every field); the
+  defaults below remain only for tests that build an SAEConfig by hand, and are not the
+  experiment's defaults (k=32 here, 3 there).
   """
   architecture: str
   d_in: int
@@ -159,47 +165,46 @@ def _as_tuple(v, n):
 
 def validate(cfg: SAEConfig, mesh: Mesh | None = None, data_d_in: int | None = None) -> None:
   """Raises ConfigError (one line) for a bad config, before any compute."""
-  if cfg.architecture not in ARCHITECTURES:
-    raise ConfigError(f"sae.architecture={cfg.architecture!r}: expected one of {ARCHITECTURES}")
-  if int(cfg.d_in) <= 0 or int(cfg.d_sae) <= 0:
-    raise ConfigError(f"sae d_in={cfg.d_in}, d_sae={cfg.d_sae}: expected positive sizes")
+  for name, value, choices in (("architecture", cfg.architecture, ARCHITECTURES),
+                               ("normalisation", cfg.normalisation, NORMALISATIONS),
+                               ("b_dec_init", cfg.b_dec_init, B_DEC_INITS)):
+    if value not in choices:
+      raise ConfigError(f"sae.{name}={value!r}: expected one of {choices}")
+  positive_int("sae.d_in", cfg.d_in)
+  positive_int("sae.d_sae", cfg.d_sae)
   if data_d_in is not None and int(data_d_in) != int(cfg.d_in):
     raise ConfigError(f"sae.d_in={cfg.d_in} does not match the data's d_in={data_d_in}")
+  _validate_sparsity(cfg)
+  positive_int("sae.dead_tokens", cfg.dead_tokens)
+  if not 0.0 <= finite("sae.threshold_ema", cfg.threshold_ema) < 1.0:
+    raise ConfigError(f"sae.threshold_ema={cfg.threshold_ema}: expected 0 <= decay < 1")
+  if cfg.architecture == "matryoshka":
+    w = cfg.widths
+    positive_int("sae.matryoshka_widths[0]", w[0])
+    increasing(f"sae.matryoshka_widths (d_sae={cfg.d_sae} appended)", w)
+  if mesh is not None and cfg.d_sae % mesh.shape[MODEL]:
+    raise ConfigError(f"mesh model axis {mesh.shape[MODEL]} does not divide "
+                      f"d_sae={cfg.d_sae}")
+
+
+def _validate_sparsity(cfg: SAEConfig) -> None:
+  """The sweep lengths, k and k_aux (topk family), and the loss coefficients."""
   lens = {len(v) for v in (cfg.k, cfg.sparsity_coef) if isinstance(v, (tuple, list))}
   if len(lens) > 1:
     raise ConfigError(f"sae.k={cfg.k} and sae.sparsity_coef={cfg.sparsity_coef}: sweeps of "
                       "different lengths")
   if cfg.architecture in TOPK_FAMILY:
     for k in cfg.ks:
-      if not 0 < int(k) <= cfg.d_sae:
+      if positive_int("sae.k", k) > cfg.d_sae:
         raise ConfigError(f"sae.k={k}: expected 0 < k <= d_sae={cfg.d_sae}")
-    if cfg.k_aux is not None and int(cfg.k_aux) <= 0:
-      raise ConfigError(f"sae.k_aux={cfg.k_aux}: expected a positive integer")
+    if cfg.k_aux is not None:
+      positive_int("sae.k_aux", cfg.k_aux)
   for c in cfg.coefs:
-    if not float(c) >= 0.0:
-      raise ConfigError(f"sae.sparsity_coef={c}: expected a non-negative number")
-  if cfg.pre_act_coef < 0 or cfg.aux_alpha < 0:
-    raise ConfigError(f"sae.pre_act_coef={cfg.pre_act_coef}, aux_alpha={cfg.aux_alpha}: "
-                      "expected non-negative numbers")
-  if cfg.architecture.startswith("jumprelu") and not cfg.jump_bandwidth > 0:
-    raise ConfigError(f"sae.jump_bandwidth={cfg.jump_bandwidth}: expected > 0")
-  if cfg.normalisation not in NORMALISATIONS:
-    raise ConfigError(f"sae.normalisation={cfg.normalisation!r}: expected one of "
-                      f"{NORMALISATIONS}")
-  if cfg.b_dec_init not in B_DEC_INITS:
-    raise ConfigError(f"sae.b_dec_init={cfg.b_dec_init!r}: expected one of {B_DEC_INITS}")
-  if cfg.dead_tokens <= 0:
-    raise ConfigError(f"sae.dead_tokens={cfg.dead_tokens}: expected a positive integer")
-  if not 0.0 <= cfg.threshold_ema < 1.0:
-    raise ConfigError(f"sae.threshold_ema={cfg.threshold_ema}: expected 0 <= decay < 1")
-  w = cfg.widths
-  if cfg.architecture == "matryoshka" and (any(b <= a for a, b in zip(w, w[1:])) or w[0] <= 0
-                                           or w[-1] != cfg.d_sae):
-    raise ConfigError(f"sae.matryoshka_widths={cfg.matryoshka_widths}: expected increasing "
-                      f"positive widths up to d_sae={cfg.d_sae}")
-  if mesh is not None and cfg.d_sae % mesh.shape[MODEL]:
-    raise ConfigError(f"mesh model axis {mesh.shape[MODEL]} does not divide "
-                      f"d_sae={cfg.d_sae}")
+    finite("sae.sparsity_coef", c, low=0.0)
+  finite("sae.pre_act_coef", cfg.pre_act_coef, low=0.0)
+  finite("sae.aux_alpha", cfg.aux_alpha, low=0.0)
+  if cfg.architecture.startswith("jumprelu"):
+    finite("sae.jump_bandwidth", cfg.jump_bandwidth, low=0.0, low_open=True)
 
 
 # ------------------------------------------------------------------ normalisation and init
@@ -652,102 +657,181 @@ def _fired_and_update(cfg, aux, fired_M, batch_tokens):
   return t
 
 
+class _Batch(NamedTuple):
+  """What every architecture's loss sees of one step, computed once in _loss_one."""
+  x_BD: jax.Array          # inputs, normalised
+  pre_BM: jax.Array        # encoder pre-activations
+  w_dec_MD: jax.Array      # the decoder as the loss uses it (_w_dec: row-projected gradients)
+  dec_norm_M: jax.Array    # decoder row norms (relu, jumprelu_tanh)
+  dead_M: jax.Array        # latents dead before this step
+  lam: jax.Array           # sparsity coefficient after warm-up
+  step: jax.Array
+  mesh: Mesh | None
+  run_auxk: jax.Array      # whether any SAE of the sweep has a dead latent
+
+
+class _Terms(NamedTuple):
+  """One architecture's loss and what the shared metrics need of it."""
+  loss: jax.Array
+  mse: jax.Array
+  x_hat_BD: jax.Array
+  fired_M: jax.Array
+  l0: jax.Array
+  sparsity: jax.Array | None = None     # None: 0
+  aux_loss: jax.Array | None = None     # None: 0
+  extra: dict | None = None             # architecture-specific metrics
+  threshold: jax.Array | None = None    # the new BatchTopK inference threshold
+
+
+# ---- relu, relu_classic, jumprelu, jumprelu_tanh: dense codes f, loss = mse + sparsity
+
+def _codes_terms(params, b: _Batch, f_BM, sparsity, extra=None) -> _Terms:
+  x_hat_BD = f_BM @ b.w_dec_MD + params["b_dec"]
+  mse = jnp.mean(_sq(b.x_BD - x_hat_BD))
+  return _Terms(mse + sparsity, mse, x_hat_BD, jnp.any(f_BM > 0, axis=0),
+                jnp.mean(jnp.sum(f_BM > 0, -1)), sparsity=sparsity, extra=extra)
+
+
+def _loss_relu(cfg, params, aux, b: _Batch) -> _Terms:
+  """L1 on the codes weighted by the decoder row norms."""
+  f_BM = jax.nn.relu(b.pre_BM)
+  return _codes_terms(params, b, f_BM, b.lam * jnp.mean(jnp.sum(f_BM * b.dec_norm_M, -1)))
+
+
+def _loss_relu_classic(cfg, params, aux, b: _Batch) -> _Terms:
+  """L1 on the codes (unit-norm decoder)."""
+  f_BM = jax.nn.relu(b.pre_BM)
+  return _codes_terms(params, b, f_BM, b.lam * jnp.mean(jnp.sum(jnp.abs(f_BM), -1)))
+
+
+def _loss_jumprelu(cfg, params, aux, b: _Batch) -> _Terms:
+  """L0 through the straight-through Heaviside step."""
+  z_BM = jax.nn.relu(b.pre_BM)
+  f_BM = jumprelu(z_BM, params["threshold"], cfg.jump_bandwidth)
+  on_BM = heaviside_step(z_BM, params["threshold"], cfg.jump_bandwidth)
+  return _codes_terms(params, b, f_BM, b.lam * jnp.mean(jnp.sum(on_BM, -1)))
+
+
+def _loss_jumprelu_tanh(cfg, params, aux, b: _Batch) -> _Terms:
+  """tanh(c f ||W_dec||) sparsity plus the pre-activation loss ReLU(theta - pre) ||W_dec||."""
+  theta_M = params["threshold"]
+  f_BM = jumprelu(jax.nn.relu(b.pre_BM), theta_M, cfg.jump_bandwidth)
+  tanh = b.lam * jnp.mean(jnp.sum(jnp.tanh(cfg.tanh_c * f_BM * b.dec_norm_M), -1))
+  pre_act = cfg.pre_act_coef * jnp.mean(
+      jnp.sum(jax.nn.relu(theta_M - b.pre_BM) * b.dec_norm_M, -1))
+  return _codes_terms(params, b, f_BM, tanh + pre_act, extra={"pre_act_loss": pre_act})
+
+
+# ---- topk: k per token, AuxK
+
+def _loss_topk(cfg, params, aux, b: _Batch) -> _Terms:
+  if cfg.sparse_decode:
+    vals_BK, idx_BK, x_hat_BD, aux_loss = _topk_sparse(cfg, params, b.x_BD, b.pre_BM, aux["k"],
+                                                       b.dead_M, b.mesh, b.run_auxk)
+  else:
+    vals_BK, idx_BK = _topk_codes(cfg, params, b.x_BD, b.pre_BM, aux["k"], b.mesh)
+    x_hat_BD = _scatter_dense(vals_BK, idx_BK, cfg.d_sae) @ b.w_dec_MD + params["b_dec"]
+    aux_loss, _ = _auxk(cfg, params, b.pre_BM, b.x_BD, b.x_BD - x_hat_BD, b.dead_M, b.mesh,
+                        b.run_auxk)
+  mse = jnp.mean(_sq(b.x_BD - x_hat_BD))
+  fired_M = jnp.zeros((cfg.d_sae,), jnp.int32).at[idx_BK.reshape(-1)].max(
+      (vals_BK > 0).reshape(-1).astype(jnp.int32)) > 0
+  return _Terms(mse + cfg.aux_alpha * aux_loss, mse, x_hat_BD, fired_M,
+                jnp.mean(jnp.sum(vals_BK > 0, -1)), aux_loss=aux_loss)
+
+
+# ---- batchtopk, matryoshka: k*B per batch, AuxK, EMA inference threshold
+
+def _batch_topk_codes(cfg, aux, b: _Batch):
+  """(z_BM = ReLU(pre), keep_BM: the k*B largest of the batch, codes f_BM = z * keep)."""
+  B = b.x_BD.shape[0]
+  z_BM = jax.nn.relu(b.pre_BM)
+  thr = batch_kth_largest(z_BM, cfg.k_max * B, aux["k"] * B, b.mesh)
+  keep_BM = (b.pre_BM >= thr) & (b.pre_BM > 0)
+  return z_BM, keep_BM, z_BM * keep_BM.astype(z_BM.dtype)
+
+
+def _threshold_ema(cfg, aux, z_BM, keep_BM, step):
+  """The EMA of the smallest kept activation (started at the first one), from
+  threshold_ema_start on; no gradient."""
+  min_pos = jnp.min(jnp.where(keep_BM, z_BM, jnp.inf))
+  min_pos = jnp.where(jnp.isfinite(min_pos), min_pos, aux["threshold"])
+  old = aux["threshold"]
+  ema = jnp.where(old < 0, min_pos, cfg.threshold_ema * old + (1 - cfg.threshold_ema) * min_pos)
+  return lax.stop_gradient(
+      jnp.where(step >= cfg.threshold_ema_start, ema, old)).astype(jnp.float32)
+
+
+def _batch_topk_terms(cfg, params, aux, b: _Batch, z_BM, keep_BM, recon, mse, x_hat_BD,
+                      extra=None) -> _Terms:
+  aux_loss, _ = _auxk(cfg, params, b.pre_BM, b.x_BD, b.x_BD - x_hat_BD, b.dead_M, b.mesh,
+                      b.run_auxk)
+  return _Terms(recon + cfg.aux_alpha * aux_loss, mse, x_hat_BD, jnp.any(keep_BM, axis=0),
+                jnp.mean(jnp.sum(keep_BM, -1)), aux_loss=aux_loss, extra=extra,
+                threshold=_threshold_ema(cfg, aux, z_BM, keep_BM, b.step))
+
+
+def _loss_batchtopk(cfg, params, aux, b: _Batch) -> _Terms:
+  z_BM, keep_BM, f_BM = _batch_topk_codes(cfg, aux, b)
+  x_hat_BD = f_BM @ b.w_dec_MD + params["b_dec"]
+  mse = jnp.mean(_sq(b.x_BD - x_hat_BD))
+  return _batch_topk_terms(cfg, params, aux, b, z_BM, keep_BM, mse, mse, x_hat_BD)
+
+
+def _loss_matryoshka(cfg, params, aux, b: _Batch) -> _Terms:
+  """The mean over nested prefixes (cfg.widths) of each prefix's reconstruction error."""
+  z_BM, keep_BM, f_BM = _batch_topk_codes(cfg, aux, b)
+  losses, extra = [], {}
+  for w in cfg.widths:
+    prefix_M = (jnp.arange(cfg.d_sae) < w).astype(f_BM.dtype)
+    x_hat_BD = (f_BM * prefix_M) @ b.w_dec_MD + params["b_dec"]
+    losses.append(jnp.mean(_sq(b.x_BD - x_hat_BD)))
+    extra[f"mse_prefix_{w}"] = losses[-1]
+  return _batch_topk_terms(cfg, params, aux, b, z_BM, keep_BM, jnp.mean(jnp.stack(losses)),
+                           losses[-1], x_hat_BD, extra)
+
+
+LOSSES: dict[str, Callable[..., _Terms]] = {
+    "relu": _loss_relu, "relu_classic": _loss_relu_classic, "topk": _loss_topk,
+    "batchtopk": _loss_batchtopk, "jumprelu": _loss_jumprelu,
+    "jumprelu_tanh": _loss_jumprelu_tanh, "matryoshka": _loss_matryoshka}
+assert tuple(LOSSES) == ARCHITECTURES
+
+
+def _metrics(cfg, aux, b: _Batch, t: _Terms):
+  """The metrics every architecture reports, and the new aux (dead-latent counters, and the
+  inference threshold where the architecture has one)."""
+  new_aux = dict(aux)
+  metrics = dict(t.extra or {})
+  if t.threshold is not None:
+    new_aux["threshold"] = metrics["threshold"] = t.threshold
+  new_aux["tokens_since_fired"] = _fired_and_update(cfg, aux, t.fired_M, b.x_BD.shape[0])
+  xc_BD = b.x_BD - jnp.mean(b.x_BD, axis=0)
+  zero = jnp.float32(0.0)
+  metrics.update(
+      loss=t.loss, mse=t.mse, l0=t.l0, sparsity_loss=zero if t.sparsity is None else t.sparsity,
+      aux_loss=zero if t.aux_loss is None else t.aux_loss,
+      explained_variance=1.0 - jnp.sum(_sq(b.x_BD - t.x_hat_BD)) / jnp.sum(_sq(xc_BD)),
+      dead_fraction=jnp.mean(new_aux["tokens_since_fired"] >= cfg.dead_tokens),
+      sparsity_coef=b.lam)
+  return {k: lax.stop_gradient(v).astype(jnp.float32) for k, v in metrics.items()}, new_aux
+
+
 def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh, run_auxk):
-  """Loss, metrics and new aux of ONE SAE on one batch (normalised inside)."""
-  B = x_raw_BD.shape[0]
-  M = cfg.d_sae
-  a = cfg.architecture
-  x = x_raw_BD.astype(jnp.float32) * aux["norm_scale"]
+  """Loss, metrics and new aux of ONE SAE on one batch (normalised inside): the shared
+  inputs, the architecture's loss from LOSSES, then the shared metrics."""
+  x_BD = x_raw_BD.astype(jnp.float32) * aux["norm_scale"]
   warm = 1.0 if cfg.sparsity_warmup_steps <= 0 else jnp.minimum(
       1.0, (step.astype(jnp.float32) + 1.0) / cfg.sparsity_warmup_steps)
   lam = aux["coef"] * warm
-  w_dec = _w_dec(cfg, params)
+  w_dec_MD = _w_dec(cfg, params)
   dec_norm_M = jnp.sqrt(_row_sums(params["W_dec"] * params["W_dec"])[:, 0])
-  pre = pre_activation(cfg, params, x)
+  pre_BM = pre_activation(cfg, params, x_BD)
   dead_M = aux["tokens_since_fired"] >= cfg.dead_tokens
-  new_aux = dict(aux)
-  metrics = {}
-  sparsity = jnp.float32(0.0)
-  aux_loss = jnp.float32(0.0)
-
-  if a in ("relu", "relu_classic", "jumprelu", "jumprelu_tanh"):
-    if a.startswith("jumprelu"):
-      z = jax.nn.relu(pre)
-      f = jumprelu(z, params["threshold"], cfg.jump_bandwidth)
-    else:
-      f = jax.nn.relu(pre)
-    x_hat = f @ w_dec + params["b_dec"]
-    mse = jnp.mean(_sq(x - x_hat))
-    if a == "relu":
-      sparsity = lam * jnp.mean(jnp.sum(f * dec_norm_M, -1))
-    elif a == "relu_classic":
-      sparsity = lam * jnp.mean(jnp.sum(jnp.abs(f), -1))
-    elif a == "jumprelu":
-      sparsity = lam * jnp.mean(jnp.sum(heaviside_step(z, params["threshold"],
-                                                       cfg.jump_bandwidth), -1))
-    else:
-      sparsity = lam * jnp.mean(jnp.sum(jnp.tanh(cfg.tanh_c * f * dec_norm_M), -1))
-      pre_act = cfg.pre_act_coef * jnp.mean(
-          jnp.sum(jax.nn.relu(params["threshold"] - pre) * dec_norm_M, -1))
-      sparsity = sparsity + pre_act
-      metrics["pre_act_loss"] = pre_act
-    fired = jnp.any(f > 0, axis=0)
-    l0 = jnp.mean(jnp.sum(f > 0, -1))
-    loss = mse + sparsity
-
-  elif a == "topk":
-    if cfg.sparse_decode:
-      vals, idx, x_hat, aux_loss = _topk_sparse(cfg, params, x, pre, aux["k"], dead_M, mesh,
-                                                 run_auxk)
-    else:
-      vals, idx = _topk_codes(cfg, params, x, pre, aux["k"], mesh)
-      x_hat = _scatter_dense(vals, idx, M) @ w_dec + params["b_dec"]
-      aux_loss, _ = _auxk(cfg, params, pre, x, x - x_hat, dead_M, mesh, run_auxk)
-    mse = jnp.mean(_sq(x - x_hat))
-    fired = jnp.zeros((M,), jnp.int32).at[idx.reshape(-1)].max(
-        (vals > 0).reshape(-1).astype(jnp.int32)) > 0
-    l0 = jnp.mean(jnp.sum(vals > 0, -1))
-    loss = mse + cfg.aux_alpha * aux_loss
-
-  else:  # batchtopk, matryoshka
-    z = jax.nn.relu(pre)
-    thr = batch_kth_largest(z, cfg.k_max * B, aux["k"] * B, mesh)
-    keep = (pre >= thr) & (pre > 0)
-    f = z * keep.astype(z.dtype)
-    if a == "batchtopk":
-      x_hat = f @ w_dec + params["b_dec"]
-      mse = jnp.mean(_sq(x - x_hat))
-      recon = mse
-    else:
-      losses = []
-      for w in cfg.widths:
-        prefix = (jnp.arange(M) < w).astype(f.dtype)
-        xw = (f * prefix) @ w_dec + params["b_dec"]
-        losses.append(jnp.mean(_sq(x - xw)))
-        metrics[f"mse_prefix_{w}"] = losses[-1]
-      x_hat = xw
-      mse = losses[-1]
-      recon = jnp.mean(jnp.stack(losses))
-    fired = jnp.any(keep, axis=0)
-    l0 = jnp.mean(jnp.sum(keep, -1))
-    aux_loss, _ = _auxk(cfg, params, pre, x, x - x_hat, dead_M, mesh, run_auxk)
-    loss = recon + cfg.aux_alpha * aux_loss
-    min_pos = jnp.min(jnp.where(keep, z, jnp.inf))
-    min_pos = jnp.where(jnp.isfinite(min_pos), min_pos, aux["threshold"])
-    old = aux["threshold"]
-    ema = jnp.where(old < 0, min_pos, cfg.threshold_ema * old + (1 - cfg.threshold_ema) * min_pos)
-    new_aux["threshold"] = lax.stop_gradient(
-        jnp.where(step >= cfg.threshold_ema_start, ema, old)).astype(jnp.float32)
-    metrics["threshold"] = new_aux["threshold"]
-
-  new_aux["tokens_since_fired"] = _fired_and_update(cfg, aux, fired, B)
-  xc = x - jnp.mean(x, axis=0)
-  metrics.update(loss=loss, mse=mse, l0=l0, sparsity_loss=sparsity, aux_loss=aux_loss,
-                 explained_variance=1.0 - jnp.sum(_sq(x - x_hat)) / jnp.sum(_sq(xc)),
-                 dead_fraction=jnp.mean(new_aux["tokens_since_fired"] >= cfg.dead_tokens),
-                 sparsity_coef=lam)
-  metrics = {k: lax.stop_gradient(v).astype(jnp.float32) for k, v in metrics.items()}
-  return loss, (metrics, new_aux)
+  b = _Batch(x_BD, pre_BM, w_dec_MD, dec_norm_M, dead_M, lam, step, mesh, run_auxk)
+  terms = LOSSES[cfg.architecture](cfg, params, aux, b)
+  metrics, new_aux = _metrics(cfg, aux, b, terms)
+  return terms.loss, (metrics, new_aux)
 
 
 def unrolled_sweep(cfg: SAEConfig) -> bool:

@@ -20,8 +20,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcode.models.lm.gpt2 import (activation, attend, attention_bias, block_edits, check_inputs,
-                                    dense, hook, layer_norm)
+from jaxcode.errors import ConfigError
+from jaxcode.models.lm.layers import (activation, attention_bias, block_edits, check_inputs, dense,
+                                      embed, hook, layer_norm, mlp, record_block, self_attention)
 
 
 class BertBlock(nn.Module):
@@ -33,21 +34,16 @@ class BertBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, bias_B1QK, edits=None):
-    B, T, D = x_BTD.shape
-    H, K = self.n_heads, D // self.n_heads
     rec = {}
     x_BTD = hook(rec, "resid_pre", x_BTD, edits)
-    q, k, v = (dense(D, n, self.dtype)(x_BTD).reshape(B, T, H, K) for n in ("query", "key", "value"))
-    attn = dense(D, "attn_dense", self.dtype)(attend(q, k, v, bias_B1QK, K ** -0.5))
-    attn = hook(rec, "attn_out", attn, edits)
-    a = layer_norm(self.eps, "attn_ln", self.dtype)(x_BTD + attn)
-    hid = activation(self.act)(dense(self.d_mlp, "intermediate", self.dtype)(a))
-    hid = hook(rec, "mlp_hidden", hid, edits)
-    mlp = dense(D, "output", self.dtype)(hid)
-    mlp = hook(rec, "mlp_out", mlp, edits)
-    y = layer_norm(self.eps, "output_ln", self.dtype)(a + mlp)
-    y = hook(rec, "resid_post", y, edits)
-    return y, rec
+    K = x_BTD.shape[-1] // self.n_heads
+    attn_BTD = self_attention(rec, x_BTD, bias_B1QK, self.n_heads, K ** -0.5,
+                              ("query", "key", "value", "attn_dense"), self.dtype, edits)
+    a_BTD = layer_norm(self.eps, "attn_ln", self.dtype)(x_BTD + attn_BTD)
+    mlp_BTD = mlp(rec, a_BTD, self.d_mlp, self.act, ("intermediate", "output"), self.dtype, edits)
+    y_BTD = layer_norm(self.eps, "output_ln", self.dtype)(a_BTD + mlp_BTD)
+    y_BTD = hook(rec, "resid_post", y_BTD, edits)
+    return y_BTD, rec
 
 
 class Bert(nn.Module):
@@ -68,8 +64,7 @@ class Bert(nn.Module):
                edits=None):
     check_inputs(input_ids_BT, mask_BT)
     T = input_ids_BT.shape[1]
-    emb = lambda n, name: nn.Embed(n, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
-                                   name=name)
+    emb = lambda n, name: embed(n, self.d_model, name, self.dtype)
     words = emb(self.vocab, "word_embeddings")
     x_BTD = (words(input_ids_BT) + emb(self.n_types, "token_type_embeddings")(
         jnp.zeros_like(input_ids_BT)) + emb(self.n_ctx, "position_embeddings")(jnp.arange(T))[None])
@@ -80,7 +75,7 @@ class Bert(nn.Module):
     for i in range(n_blocks):
       x_BTD, acts = BertBlock(self.n_heads, self.d_mlp, self.eps, self.act, self.dtype,
                               name=f"layer_{i}")(x_BTD, bias, block_edits(edits, i))
-      rec.update({f"blocks.{i}.{k}": v for k, v in acts.items()})
+      record_block(rec, i, acts)
     if head:
       x_BTD = hook(rec, "final", x_BTD, edits)
       if self.mlm_head:
@@ -92,7 +87,6 @@ class Bert(nn.Module):
 
 
 def from_hf_config(cfg, dtype=jnp.float32) -> Bert:
-  from jaxcode.errors import ConfigError
   pe = getattr(cfg, "position_embedding_type", "absolute")
   if pe not in (None, "absolute"):
     raise ConfigError(f"bert position_embedding_type={pe!r}: only 'absolute' is supported")

@@ -1,105 +1,23 @@
 """GPT-2 as a Flax Linen module, with its Hugging Face key map beside it.
 
-Also home of the pieces the three architectures share (masked attention,
-the hookpoint record), so gpt_neox.py and bert.py import them from here.
-
-Hookpoints recorded per block i (names as in jaxcode.models.lm):
-  blocks.{i}.resid_pre   residual stream entering the block
-  blocks.{i}.attn_out    output of the attention projection (c_proj), before the residual add
-  blocks.{i}.mlp_hidden  MLP hidden activations after the nonlinearity
-  blocks.{i}.mlp_out     output of the MLP projection (c_proj), before the residual add
-  blocks.{i}.resid_post  residual stream leaving the block
-plus `embed` (token + position embedding), `final` (after ln_f) and `logits`.
+Per block, as HF transformers' GPT2Block computes it (pre-LayerNorm):
+  a = x + Attn(LN_1(x));  y = a + MLP(LN_2(a))
+Hookpoints per block as in layers.py: `attn_out` is the attention c_proj output and `mlp_out`
+the MLP c_proj output (both before the residual add); plus `embed` (token + position
+embedding), `final` (after ln_f) and `logits`.  The shared pieces live in layers.py.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import chex
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-# ---------------------------------------------------------------- shared pieces
+from jaxcode.models.lm.layers import (attention_bias, block_edits, check_inputs, embed, hook,
+                                      layer_norm, mlp, record_block, self_attention)
 
-NEG_INF = float(np.finfo(np.float32).min)
-
-ACTIVATIONS: dict[str, Callable] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
-
-
-def activation(name: str) -> Callable:
-  from jaxcode.errors import ConfigError
-  if name not in ACTIVATIONS:
-    raise ConfigError(f"activation {name!r}: expected one of {sorted(ACTIVATIONS)}")
-  return ACTIVATIONS[name]
-
-
-def attention_bias(mask_BT: jax.Array, causal: bool) -> jax.Array:
-  """Additive bias [B, 1, Q, K]: 0 where query q may see key k, float32 min elsewhere.
-
-  A finite minimum (as HF uses) keeps an all-padding row finite instead of NaN.
-  """
-  T = mask_BT.shape[1]
-  allowed_BQK = jnp.broadcast_to(mask_BT[:, None, :].astype(bool), (mask_BT.shape[0], T, T))
-  if causal:
-    allowed_BQK = allowed_BQK & jnp.tril(jnp.ones((T, T), bool))[None]
-  return jnp.where(allowed_BQK, 0.0, NEG_INF)[:, None].astype(jnp.float32)
-
-
-def attend(q_BTHK, k_BTHK, v_BTHK, bias_B1QK, scale: float):
-  """softmax(q k^T * scale + bias) v, logits and softmax in float32; returns [B, T, H*K]."""
-  B, T, H, K = q_BTHK.shape
-  logits = jnp.einsum("bqhk,bshk->bhqs", q_BTHK, k_BTHK,
-                      preferred_element_type=jnp.float32) * scale
-  probs = jax.nn.softmax(logits + bias_B1QK, axis=-1).astype(v_BTHK.dtype)
-  out = jnp.einsum("bhqs,bshk->bqhk", probs, v_BTHK)
-  return out.reshape(B, T, H * K)
-
-
-def dense(features: int, name: str, dtype, use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
-def layer_norm(eps: float, name: str, dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
-def hook(rec: dict, name: str, x, edits):
-  """Records x as hookpoint `name` in rec; if edits names it, x is first replaced by edits[name](x).
-
-  An edit is a function array -> array of the same shape (an SAE's reconstruction, a zero
-  ablation); the replaced value is what the rest of the forward sees and what is recorded.
-  """
-  if edits and name in edits:
-    y = edits[name](x)
-    chex.assert_shape(y, x.shape)
-    x = y.astype(x.dtype)
-  rec[name] = x
-  return x
-
-
-def block_edits(edits, i: int):
-  """The edits of block i, keyed by the block-local name (resid_pre, attn_out, ...)."""
-  prefix = f"blocks.{i}."
-  return {k[len(prefix):]: f for k, f in (edits or {}).items() if k.startswith(prefix)}
-
-
-def check_inputs(input_ids_BT, mask_BT):
-  chex.assert_rank(input_ids_BT, 2)
-  chex.assert_equal_shape([input_ids_BT, mask_BT])
-
-
-# ---------------------------------------------------------------- GPT-2
 
 class GPT2Block(nn.Module):
   n_heads: int
@@ -111,21 +29,14 @@ class GPT2Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, bias_B1QK, edits=None):
-    B, T, D = x_BTD.shape
-    H, K = self.n_heads, D // self.n_heads
     rec = {}
     x_BTD = hook(rec, "resid_pre", x_BTD, edits)
-    h = layer_norm(self.eps, "ln_1", self.dtype)(x_BTD)
-    q, k, v = (dense(D, n, self.dtype)(h).reshape(B, T, H, K) for n in ("q", "k", "v"))
-    attn = dense(D, "c_proj_attn", self.dtype)(attend(q, k, v, bias_B1QK, self.scale))
-    attn = hook(rec, "attn_out", attn, edits)
-    x_BTD = x_BTD + attn
-    h = layer_norm(self.eps, "ln_2", self.dtype)(x_BTD)
-    hid = activation(self.act)(dense(self.d_mlp, "c_fc", self.dtype)(h))
-    hid = hook(rec, "mlp_hidden", hid, edits)
-    mlp = dense(D, "c_proj_mlp", self.dtype)(hid)
-    mlp = hook(rec, "mlp_out", mlp, edits)
-    x_BTD = x_BTD + mlp
+    h_BTD = layer_norm(self.eps, "ln_1", self.dtype)(x_BTD)
+    x_BTD = x_BTD + self_attention(rec, h_BTD, bias_B1QK, self.n_heads, self.scale,
+                                   ("q", "k", "v", "c_proj_attn"), self.dtype, edits)
+    h_BTD = layer_norm(self.eps, "ln_2", self.dtype)(x_BTD)
+    x_BTD = x_BTD + mlp(rec, h_BTD, self.d_mlp, self.act, ("c_fc", "c_proj_mlp"), self.dtype,
+                        edits)
     x_BTD = hook(rec, "resid_post", x_BTD, edits)
     return x_BTD, rec
 
@@ -149,8 +60,8 @@ class GPT2(nn.Module):
                edits=None):
     check_inputs(input_ids_BT, mask_BT)
     T = input_ids_BT.shape[1]
-    wte = nn.Embed(self.vocab, self.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="wte")
-    wpe = nn.Embed(self.n_ctx, self.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="wpe")
+    wte = embed(self.vocab, self.d_model, "wte", self.dtype)
+    wpe = embed(self.n_ctx, self.d_model, "wpe", self.dtype)
     x_BTD = wte(input_ids_BT) + wpe(jnp.arange(T))[None]
     rec = {}
     x_BTD = hook(rec, "embed", x_BTD, edits)
@@ -162,7 +73,7 @@ class GPT2(nn.Module):
         scale /= float(i + 1)
       x_BTD, acts = GPT2Block(self.n_heads, self.d_mlp, self.eps, self.act, scale, self.dtype,
                               name=f"h_{i}")(x_BTD, bias, block_edits(edits, i))
-      rec.update({f"blocks.{i}.{k}": v for k, v in acts.items()})
+      record_block(rec, i, acts)
     if head:
       final = layer_norm(self.eps, "ln_f", self.dtype)(x_BTD)
       final = hook(rec, "final", final, edits)

@@ -9,7 +9,7 @@ transformers 5 keeps rope settings in `config.rope_parameters`
 ({'rope_theta', 'partial_rotary_factor', 'rope_type'}); older configs' `rotary_pct`
 and `rotary_emb_base` are read when present.
 
-Hookpoints as in gpt2.py; `attn_out` is the attention `dense` output, `mlp_out` the
+Hookpoints as in layers.py; `attn_out` is the attention `dense` output, `mlp_out` the
 `dense_4h_to_h` output (both before any residual add), `final` after final_layer_norm.
 """
 
@@ -21,13 +21,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcode.models.lm.gpt2 import (activation, attend, attention_bias, block_edits, check_inputs,
-                                    dense, hook, layer_norm)
+from jaxcode.errors import ConfigError
+from jaxcode.models.lm.layers import (attention_bias, block_edits, check_inputs, dense, embed,
+                                      hook, layer_norm, mlp, record_block, self_attention)
 
 
 def rope_settings(cfg) -> tuple[float, float]:
   """(theta, partial_rotary_factor) from a v5 config (rope_parameters) or a v4 one."""
-  from jaxcode.errors import ConfigError
   rp = getattr(cfg, "rope_parameters", None) or {}
   rope_type = rp.get("rope_type", "default")
   if rope_type != "default":
@@ -35,22 +35,6 @@ def rope_settings(cfg) -> tuple[float, float]:
   theta = rp.get("rope_theta", getattr(cfg, "rotary_emb_base", 10000.0))
   frac = rp.get("partial_rotary_factor", getattr(cfg, "rotary_pct", 1.0))
   return float(theta), float(frac)
-
-
-def rotary(x_BTHK, n_rot: int, theta: float):
-  """NeoX rotate-half rotary embedding on the first n_rot dims of each head (positions 0..T-1)."""
-  if n_rot == 0:
-    return x_BTHK
-  T = x_BTHK.shape[1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, n_rot, 2, dtype=jnp.float32) / n_rot))
-  freqs_TF = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None]
-  emb_TR = jnp.concatenate([freqs_TF, freqs_TF], axis=-1)
-  cos, sin = jnp.cos(emb_TR)[None, :, None], jnp.sin(emb_TR)[None, :, None]
-  x_rot, x_pass = x_BTHK[..., :n_rot], x_BTHK[..., n_rot:]
-  half = n_rot // 2
-  rot_half = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
-  x_rot = (x_rot * cos.astype(x_BTHK.dtype) + rot_half * sin.astype(x_BTHK.dtype))
-  return jnp.concatenate([x_rot, x_pass], axis=-1)
 
 
 class NeoXBlock(nn.Module):
@@ -66,22 +50,18 @@ class NeoXBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, bias_B1QK, edits=None):
-    B, T, D = x_BTD.shape
-    H, K = self.n_heads, D // self.n_heads
     rec = {}
     x_BTD = hook(rec, "resid_pre", x_BTD, edits)
-    h = layer_norm(self.eps, "input_layernorm", self.dtype)(x_BTD)
-    q, k, v = (dense(D, n, self.dtype, self.attn_bias)(h).reshape(B, T, H, K) for n in "qkv")
-    q, k = rotary(q, self.n_rot, self.theta), rotary(k, self.n_rot, self.theta)
-    attn = dense(D, "attn_dense", self.dtype, self.attn_bias)(attend(q, k, v, bias_B1QK, K ** -0.5))
-    attn = hook(rec, "attn_out", attn, edits)
-    mlp_in = x_BTD if self.parallel else x_BTD + attn
-    h = layer_norm(self.eps, "post_attention_layernorm", self.dtype)(mlp_in)
-    hid = activation(self.act)(dense(self.d_mlp, "dense_h_to_4h", self.dtype)(h))
-    hid = hook(rec, "mlp_hidden", hid, edits)
-    mlp = dense(D, "dense_4h_to_h", self.dtype)(hid)
-    mlp = hook(rec, "mlp_out", mlp, edits)
-    x_BTD = x_BTD + attn + mlp
+    K = x_BTD.shape[-1] // self.n_heads
+    h_BTD = layer_norm(self.eps, "input_layernorm", self.dtype)(x_BTD)
+    attn_BTD = self_attention(rec, h_BTD, bias_B1QK, self.n_heads, K ** -0.5,
+                              ("q", "k", "v", "attn_dense"), self.dtype, edits, self.attn_bias,
+                              rope=(self.n_rot, self.theta))
+    mlp_in_BTD = x_BTD if self.parallel else x_BTD + attn_BTD
+    h_BTD = layer_norm(self.eps, "post_attention_layernorm", self.dtype)(mlp_in_BTD)
+    mlp_BTD = mlp(rec, h_BTD, self.d_mlp, self.act, ("dense_h_to_4h", "dense_4h_to_h"),
+                  self.dtype, edits)
+    x_BTD = x_BTD + attn_BTD + mlp_BTD
     x_BTD = hook(rec, "resid_post", x_BTD, edits)
     return x_BTD, rec
 
@@ -106,8 +86,7 @@ class GPTNeoX(nn.Module):
   def __call__(self, input_ids_BT, mask_BT, n_blocks: int, head: bool = True,
                edits=None):
     check_inputs(input_ids_BT, mask_BT)
-    embed_in = nn.Embed(self.vocab, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
-                        name="embed_in")
+    embed_in = embed(self.vocab, self.d_model, "embed_in", self.dtype)
     x_BTD = embed_in(input_ids_BT)
     rec = {}
     x_BTD = hook(rec, "embed", x_BTD, edits)
@@ -116,7 +95,7 @@ class GPTNeoX(nn.Module):
       block = NeoXBlock(self.n_heads, self.d_mlp, self.eps, self.act, self.n_rot, self.theta,
                         self.parallel, self.attn_bias, self.dtype, name=f"layers_{i}")
       x_BTD, acts = block(x_BTD, bias, block_edits(edits, i))
-      rec.update({f"blocks.{i}.{k}": v for k, v in acts.items()})
+      record_block(rec, i, acts)
     if head:
       final = layer_norm(self.eps, "final_layer_norm", self.dtype)(x_BTD)
       final = hook(rec, "final", final, edits)
