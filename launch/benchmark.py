@@ -1,10 +1,12 @@
 """Runs one benchmark and prints the ratios it measured in the same run.
 
 python -m launch.benchmark --config=configs/bench/<name>.py[:VARIANT] [--out=FILE.json]
+python -m launch.benchmark --config=configs/bench/all.py[:cpu_dry]   (every benchmark: one table)
 """
 
 import importlib
 import json
+import os
 
 from jaxcode import cli
 
@@ -22,10 +24,13 @@ def main(argv):
   cfg = _CONFIG.value
   module = importlib.import_module(f"jaxcode.bench.{cfg.benchmark}")
   result = module.run(cfg)
-  print(json.dumps(result, indent=2, sort_keys=True))
+  summary = getattr(module, "summary", None)   # a module with a summary prints it, else JSON
+  print(summary(result) if summary else json.dumps(result, indent=2, sort_keys=True))
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
+    tmp = _OUT.value + ".tmp"
+    with open(tmp, "w") as f:
       json.dump(result, f, indent=2, sort_keys=True)
+    os.replace(tmp, _OUT.value)
 
 
 if __name__ == "__main__":

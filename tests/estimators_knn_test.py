@@ -77,7 +77,7 @@ def test_memory_bounded_by_blocks():
   p = K.plan(n, k, d, query_block=64, ref_block=512)
   assert p.n_ref_blocks > 1
   x = jax.ShapeDtypeStruct((n, d), jnp.float32)
-  mem = K._knn_all.lower(x, p=p, metric="euclidean", mesh=None).compile().memory_analysis()
+  mem = K.knn_program.lower(x, p=p, metric="euclidean", mesh=None).compile().memory_analysis()
   used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
   assert used <= K.memory_bytes(p, d)["total"]
   assert mem.temp_size_in_bytes < n * n * 4 / 20

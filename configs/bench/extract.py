@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 
 
 def get_config() -> ConfigDict:
+  """The extraction benchmark's model, corpus and sizes."""
   return ConfigDict(dict(
       benchmark="extract",        # jaxcode.bench.<name>
       model="minilm",             # 'minilm' (embedded all-MiniLM-L6-v2) or a checkpoint dir

@@ -10,8 +10,11 @@ fed from memory and from a language model computing the activations on the fly.
 
 from ml_collections import ConfigDict
 
+from configs import sae as sae_configs
+
 
 def get_config(variant: str = "cpu") -> ConfigDict:
+  """The benchmark's sizes: 'cpu' (2 cores) or 'gpu' (larger batch and matmul)."""
   if variant not in ("cpu", "gpu"):
     raise ValueError(f"variant {variant!r}: expected 'cpu' or 'gpu'")
   c = ConfigDict()
@@ -29,6 +32,9 @@ def get_config(variant: str = "cpu") -> ConfigDict:
   c.lm_seq = 128               # tokens per row fed to the LM
   c.lm_rows = 256              # rows of random token ids the LM source draws from
   c.lm_repeats = 2             # timed steps per LM-fed measurement (each runs the LM)
+  c.sae = sae_configs.sae_block("topk")  # the SAE fields (one
+                               # schema, configs/sae.py); architecture, sizes, k, coefficients
+                               # and sparse_decode are set per measurement
   if variant == "gpu":
     c.batch = 4096
     c.repeats = 10

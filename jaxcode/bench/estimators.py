@@ -113,7 +113,7 @@ def memory_figure(budget_gib: float, d: int, k: int) -> dict:
   p = knn_lib.plan(n_max, k, d)
   model = knn_lib.memory_bytes(p, d)
   x = jax.ShapeDtypeStruct((n_max, d), jnp.float32)
-  mem = knn_lib._knn_all.lower(x, p=p, metric="euclidean", mesh=None).compile() \
+  mem = knn_lib.knn_program.lower(x, p=p, metric="euclidean", mesh=None).compile() \
       .memory_analysis()
   compiled = None
   if mem is not None:
@@ -141,7 +141,7 @@ def run(config) -> dict:
   t_skdim, est_skdim, _ = _timed(lambda: skdim_pair(x, km, f), config.skdim_repeats,
                                  warmup=0)
   flops = 2.0 * config.n ** 2 * config.d
-  peak = common.matmul_flops_per_s()
+  peak = common.matmul_flops_per_s(int(config.get("matmul_n", 2048)))
   return dict(
       device=common.device_summary(), n=config.n, d=config.d, k_entropy=ke, k_mle=km,
       seconds=dict(ours_shared=t_shared, ours_public=t_public, ours_twonn_mle=t_pair,
@@ -153,6 +153,7 @@ def run(config) -> dict:
           skdim_over_ours_twonn_mle=t_skdim / t_pair),
       estimates=dict(ours_shared=est_shared, ours_public=est_public, sklearn=est_sk,
                      skdim=est_skdim),
+      distance_flops_per_s=flops / t_shared,
       distance_matmul_fraction_of_peak=flops / t_shared / peak,
       matmul_flops_per_s=peak,
       memory=memory_figure(config.budget_gib, config.d, max(km, ke, 2)),

@@ -26,8 +26,7 @@ import numpy as np
 from jaxcode.bench import common
 from jaxcode.data import activations as acts
 from jaxcode.data import corpus as corpus_lib
-from jaxcode.experiments import extract as exp
-from jaxcode.models import lm as lm_lib
+from jaxcode.pipeline import model as model_lib
 
 
 def forward_flops(lm, n_blocks: int, batch: int, seq: int) -> float:
@@ -96,9 +95,9 @@ def interleaved_seconds(fns: dict, repeats: int) -> dict:
 
 
 def run(config) -> dict:
-  path, name = (lm_lib.minilm_path(), exp.MINILM_ID) if config.model == "minilm" else (
-      config.model, config.model)
-  lm = lm_lib.load_pretrained(path)
+  """The measurements of the module docstring, as ratios measured in this run."""
+  spec = model_lib.resolve(config.model)
+  lm, name = model_lib.load(spec), spec.name
   hookpoints = [f"blocks.{i}.resid_post" for i in range(lm.n_layers)]
   docs = corpus_lib.load_corpus(config.corpus)
   packed = corpus_lib.pack(docs, lm.tokenizer, int(config.seq_len))

@@ -61,8 +61,9 @@ def out_distance_lists(kernels: list[np.ndarray]) -> list[np.ndarray]:
   return lists
 
 
-def _fit(R: np.ndarray, z_QR: np.ndarray) -> np.ndarray:
-  x = np.log(R / R.max())
+def _fit(R_R: np.ndarray, z_QR: np.ndarray) -> np.ndarray:
+  """tau(q): the OLS slope of ln Z_q(r) against ln(r / r_max), per q."""
+  x = np.log(R_R / R_R.max())
   return np.array([stats.linregress(x, np.log(z)).slope for z in z_QR])
 
 
@@ -113,66 +114,74 @@ def _timed(fn, repeats: int):
   return float(np.median(times)), out
 
 
-def run(config) -> dict:
-  kernels = sampled_network(config.S, config.blocks, config.width, config.sigma, config.seed)
-  qs = mf.PAPER_QS
-  T = int(config.T)
-  out = {"device": common.device_summary(), "S": config.S, "blocks": config.blocks,
-         "nodes": int(sum(k.shape[0] for k in kernels) + kernels[-1].shape[1]),
-         "edges": int(sum(np.count_nonzero(k) for k in kernels))}
-
-  # 1. paper-compatible spectrum vs the NumPy reference
+def paper_section(kernels: list[np.ndarray], T: int, repeats: int,
+                  reference_repeats: int) -> dict:
+  """1. The paper-compatible spectrum (jitted JAX) against the two NumPy references."""
+  qs_Q = mf.PAPER_QS
   k_dev = [jnp.asarray(k, jnp.float32) for k in kernels]
-  q_dev = jnp.asarray(qs, jnp.float32)
-
+  q_dev = jnp.asarray(qs_Q, jnp.float32)
   A = 1 + max(k.shape[1] for k in kernels)          # bound on 1 + out-degree
-  if not mf.grouped_is_safe(qs, A, jnp.float32):
-    raise ConfigError(f"q range {qs.min()}..{qs.max()} too wide for the grouped float32 path")
+  if not mf.grouped_is_safe(qs_Q, A, jnp.float32):
+    raise ConfigError(f"q range {qs_Q.min()}..{qs_Q.max()} too wide for the grouped float32 "
+                      "path")
 
   @jax.jit
   def paper(ks, q):
-    spec, n_keep, _ = mf._paper_grouped(graph._one_hop_stack(ks, T, -1.0), q, A)
+    spec, n_keep, _ = mf.paper_grouped(graph.one_hop_layered_histograms(ks, T, -1.0), q, A)
     return spec.tau, spec.alpha0, spec.width, spec.alpha0_fd, spec.width_fd, n_keep
 
   res = common.block(paper(k_dev, q_dev))
-  t_jax = common.time_fn(lambda: paper(k_dev, q_dev), repeats=config.repeats)
+  t_jax = common.time_fn(lambda: paper(k_dev, q_dev), repeats=repeats)
   dist_lists = out_distance_lists(kernels)
-  t_ref, tau_ref = _timed(lambda: reference_released(dist_lists, T, qs), config.reference_repeats)
-  t_vec, tau_vec = _timed(lambda: reference_vectorised(dist_lists, T, qs), config.reference_repeats)
-  tau_jax = np.asarray(res[0], np.float64)
-  out.update(
+  t_ref, tau_ref_Q = _timed(lambda: reference_released(dist_lists, T, qs_Q), reference_repeats)
+  t_vec, tau_vec_Q = _timed(lambda: reference_vectorised(dist_lists, T, qs_Q),
+                            reference_repeats)
+  tau_jax_Q = np.asarray(res[0], np.float64)
+  return dict(
       paper_mfa_nodes=int(res[5]), paper_jax_s=t_jax,
       paper_released_reference_s=t_ref, paper_speedup_vs_released=t_ref / t_jax,
       paper_vectorised_reference_s=t_vec, paper_speedup_vs_vectorised=t_vec / t_jax,
-      paper_max_abs_tau_diff_released=float(np.max(np.abs(tau_jax - tau_ref))),
-      paper_max_abs_tau_diff_vectorised=float(np.max(np.abs(tau_jax - tau_vec))),
+      paper_max_abs_tau_diff_released=float(np.max(np.abs(tau_jax_Q - tau_ref_Q))),
+      paper_max_abs_tau_diff_vectorised=float(np.max(np.abs(tau_jax_Q - tau_vec_Q))),
       alpha0_exact=float(res[1]), width_exact=float(res[2]),
       alpha0_forward_diff=float(res[3]), width_forward_diff=float(res[4]))
 
-  # 2. multi-hop shortest-path throughput
-  lengths, mask = graph.layered_from_kernels(kernels, p=-1.0)
-  L, n, _ = lengths.shape
-  real = np.nonzero(np.asarray(mask).ravel())[0]
+
+def path_section(kernels: list[np.ndarray], config) -> dict:
+  """2. Multi-hop shortest-path throughput, executed and useful, against the matmul rate."""
+  lengths_LNN, mask_MN = graph.layered_from_kernels(kernels, p=-1.0)
+  L, n, _ = lengths_LNN.shape
+  real = np.nonzero(np.asarray(mask_MN).ravel())[0]
   rng = np.random.default_rng(config.seed)
   src = np.sort(rng.choice(real, min(config.path_sources, len(real)), replace=False))
   chunk = int(config.path_chunk) or None
   blocks = [jnp.asarray(b) for b in np.array_split(src, max(1, len(src) // config.path_block))]
 
   def all_blocks():
-    return [graph.layered_distances(lengths, b, True, chunk) for b in blocks]
+    return [graph.layered_distances(lengths_LNN, b, True, chunk) for b in blocks]
 
   dist = common.block(all_blocks())
   t_path = common.time_fn(all_blocks, repeats=config.repeats)
-  finite = np.isfinite(np.asarray(lengths))
+  finite = np.isfinite(np.asarray(lengths_LNN))
   downstream = np.concatenate([[finite[l:].sum() for l in range(L)], [0]])
   useful = int(downstream[src // n].sum())
   executed = sum(len(b) * (L - int(b.min()) // n) * n * n for b in blocks)
   rate = executed / t_path
   flops = common.matmul_flops_per_s(1024)
-  out.update(
+  return dict(
       path_sources=len(src), path_block=config.path_block, path_padded_width=n,
       path_layers=L, path_s=t_path,
       path_relaxations_per_s_executed=rate, path_relaxations_per_s_useful=useful / t_path,
       matmul_flops_per_s=flops, path_fraction_of_matmul_rate=2.0 * rate / flops,
       path_reached_fraction=float(np.mean([np.isfinite(np.asarray(d)).mean() for d in dist])))
+
+
+def run(config) -> dict:
+  """Both measurements on one sampled network (configs/bench/neuromfa.py)."""
+  kernels = sampled_network(config.S, config.blocks, config.width, config.sigma, config.seed)
+  out = {"device": common.device_summary(), "S": config.S, "blocks": config.blocks,
+         "nodes": int(sum(k.shape[0] for k in kernels) + kernels[-1].shape[1]),
+         "edges": int(sum(np.count_nonzero(k) for k in kernels))}
+  out.update(paper_section(kernels, int(config.T), config.repeats, config.reference_repeats))
+  out.update(path_section(kernels, config))
   return out

@@ -15,6 +15,7 @@
     checkpoint costs), at each hookpoint of `lm_hookpoints`: what a sweep shares is the
     activations, and this is what it saves.
 
+The SAEs are configs/sae.py's (the benchmark config's `sae` block) with the sizes above set.
 Every number is a ratio of times measured in this run on this device.  Times are the fastest of
 the repeats (least disturbed on a shared machine); on a CPU the ratios are also given by process
 CPU time, which other processes on the machine do not inflate.
@@ -33,10 +34,12 @@ import optax
 from jaxcode.bench import common
 from jaxcode.data.sources import ArraySource, LMSource
 from jaxcode.models import sae
+from jaxcode.pipeline import sae as sae_stage
 
 
-def _trainer(cfg: sae.SAEConfig, x_sample):
-  params, aux = sae.make_init(cfg, x_sample)(jax.random.key(0))
+def _trainer(cfg: sae.SAEConfig, x_sample_ND):
+  """([params, opt_state, aux], the jitted donated step) of a plain Adam SAE step."""
+  params, aux = sae.make_init(cfg, x_sample_ND)(jax.random.key(0))
   tx = optax.adam(1e-4)
   loss = sae.make_loss(cfg)
   post = sae.post_update(cfg)
@@ -92,31 +95,59 @@ def _matmul_rate(n: int, repeats: int):
   return 2.0 * n ** 3 / wall, 2.0 * n ** 3 / max(cpu, 1e-9)
 
 
-def run(bc) -> dict:
-  d, m, b, k = int(bc.d_in), int(bc.d_sae), int(bc.batch), int(bc.k)
-  rng = np.random.default_rng(0)
-  data = rng.standard_normal((int(bc.source_rows), d)).astype(np.float32)
-  src = ArraySource(data, seed=0)
-  sample = data[:1024]
-  on_device = jnp.asarray(src.batch(0, b))
-  fixed = lambda i: on_device
-  rate, rate_cpu = _matmul_rate(int(bc.matmul_n), int(bc.repeats))
-  out = {"device": common.device_summary(), "d_in": d, "d_sae": m, "batch": b, "k": k,
-         "matmul_flops_per_s": rate, "matmul_flops_per_cpu_s": rate_cpu}
+def sae_config(bc, d_in: int, **fields) -> sae.SAEConfig:
+  """An SAEConfig from the benchmark config's `sae` block (configs/sae.py's, the one SAE
+  schema) with `fields` set (architecture, d_sae, k, sparsity_coef, sparse_decode ...)."""
+  from ml_collections import ConfigDict
+  block = ConfigDict({"sae": bc.sae.to_dict()}, type_safe=False)
+  sweep = {"sweep_k": (), "sweep_coef": ()}
+  for name, value in fields.items():
+    if isinstance(value, tuple):
+      sweep["sweep_k" if name == "k" else "sweep_coef"] = value
+      value = value[0]
+    block.sae[name] = value
+  block.sae.update(sweep)
+  return sae_stage.sae_config(block, d_in)
 
-  relu = sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=1e-3)
-  state, step = _trainer(relu, sample)
+
+def run(bc) -> dict:
+  """Every measurement of the module docstring; returns the ratios (and the times)."""
+  d, m, b = int(bc.d_in), int(bc.d_sae), int(bc.batch)
+  data_ND = np.random.default_rng(0).standard_normal((int(bc.source_rows), d)).astype(np.float32)
+  src = ArraySource(data_ND, seed=0)
+  sample_ND = data_ND[:1024]
+  rate, rate_cpu = _matmul_rate(int(bc.matmul_n), int(bc.repeats))
+  out = {"device": common.device_summary(), "d_in": d, "d_sae": m, "batch": b, "k": int(bc.k),
+         "matmul_flops_per_s": rate, "matmul_flops_per_cpu_s": rate_cpu}
+  _dense_and_topk_steps(bc, out, sample_ND, jnp.asarray(src.batch(0, b)))
+  lm = _random_lm(bc.lm_model) if bc.lm_hookpoints else None
+  _sweeps(bc, out, sample_ND, _feeds(bc, src, lm))
+  if lm is not None:
+    ids_BT = np.zeros((-(-b // int(bc.lm_seq)), int(bc.lm_seq)), np.int32)
+    fn = lambda: lm.apply(ids_BT, None, (bc.lm_hookpoints[-1],))
+    _timed(fn)
+    out["lm_forward_s_per_batch"] = min(_timed(fn)[0] for _ in range(2))
+  return out
+
+
+def _dense_and_topk_steps(bc, out: dict, sample_ND, x_BD) -> None:
+  """(a) the dense ReLU step against the matmul rate, (b) TopK (dense and sparse decode)
+  against it; adds them to `out`."""
+  d, m, b = int(bc.d_in), int(bc.d_sae), int(bc.batch)
+  fixed = lambda i: x_BD
+  relu = sae_config(bc, d, architecture="relu", d_sae=m, sparsity_coef=1e-3)
+  state, step = _trainer(relu, sample_ND)
   t_dense, c_dense = _time_steps(state, step, fixed, int(bc.repeats))
   del state
   flops = 10.0 * b * d * m
+  rate, rate_cpu = out["matmul_flops_per_s"], out["matmul_flops_per_cpu_s"]
   out.update(dense_step_s=t_dense, dense_flops_per_s=flops / t_dense,
              dense_fraction_of_matmul=flops / t_dense / rate,
              dense_step_cpu_s=c_dense,
              dense_fraction_of_matmul_by_cpu_time=flops / max(c_dense, 1e-9) / rate_cpu)
-
   for sparse in (False, True):
-    cfg = sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=k, sparse_decode=sparse)
-    state, step = _trainer(cfg, sample)
+    cfg = sae_config(bc, d, architecture="topk", d_sae=m, k=int(bc.k), sparse_decode=sparse)
+    state, step = _trainer(cfg, sample_ND)
     t, c = _time_steps(state, step, fixed, int(bc.repeats))
     del state
     name = "sparse" if sparse else "dense"
@@ -126,35 +157,43 @@ def run(bc) -> dict:
   out["topk_faster_path"] = ("sparse" if out["topk_sparse_step_s"] < out["topk_dense_step_s"]
                              else "dense")
 
-  n = int(bc.sweep)
-  ks = tuple(int(k * 2 ** (i - 1)) for i in range(n))         # e.g. 16, 32, 64, 128
-  coefs = tuple(float(1e-3 * 2 ** i) for i in range(n))
-  sparse = out["topk_faster_path"] == "sparse"
-  sweeps = {
-      "topk_k": (sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=ks, sparse_decode=sparse),
-                 [sae.SAEConfig(architecture="topk", d_in=d, d_sae=m, k=kk,
-                                sparse_decode=sparse) for kk in ks]),
-      "relu_coef": (sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=coefs),
-                    [sae.SAEConfig(architecture="relu", d_in=d, d_sae=m, sparsity_coef=c)
-                     for c in coefs])}
+
+def _feeds(bc, src, lm) -> dict:
+  """Batch feeds of the sweep comparison: the in-memory source and, per LM hookpoint, the
+  LM computing activations on the fly."""
+  b, d = int(bc.batch), int(bc.d_in)
   feeds = {"memory": lambda i: jnp.asarray(src.batch(i, b))}
-  lm = _random_lm(bc.lm_model) if bc.lm_hookpoints else None
   for h in bc.lm_hookpoints:
     if lm.hookpoint_width(h) != d:
       raise ValueError(f"lm_hookpoints {h!r} has width {lm.hookpoint_width(h)}, not d_in={d}")
-    ids = np.random.default_rng(1).integers(0, lm.module.vocab, (int(bc.lm_rows), int(bc.lm_seq)))
-    lm_src = LMSource(lm, ids, None, h, seed=0)
+    ids_NT = np.random.default_rng(1).integers(0, lm.module.vocab,
+                                               (int(bc.lm_rows), int(bc.lm_seq)))
+    lm_src = LMSource(lm, ids_NT, None, h, seed=0)
     feeds[f"lm:{h}"] = (lambda s_: lambda i: jnp.asarray(s_.batch(i, b)))(lm_src)
+  return feeds
+
+
+def _sweeps(bc, out: dict, sample_ND, feeds: dict) -> None:
+  """(c) a TopK sweep of k and a ReLU sweep of the coefficient, trained at once against one
+  after another, from each feed; adds out['sweeps']."""
+  d, m, b, k, n = int(bc.d_in), int(bc.d_sae), int(bc.batch), int(bc.k), int(bc.sweep)
+  ks = tuple(int(k * 2 ** (i - 1)) for i in range(n))         # e.g. 16, 32, 64, 128
+  coefs = tuple(float(1e-3 * 2 ** i) for i in range(n))
+  sparse = out["topk_faster_path"] == "sparse"
+  topk = lambda kk: sae_config(bc, d, architecture="topk", d_sae=m, k=kk, sparse_decode=sparse)
+  relu = lambda c: sae_config(bc, d, architecture="relu", d_sae=m, sparsity_coef=c)
+  sweeps = {"topk_k": (topk(ks), [topk(kk) for kk in ks]),
+            "relu_coef": (relu(coefs), [relu(c) for c in coefs])}
   out["sweep_ks"], out["sweep_coefs"], out["sweeps"] = list(ks), list(coefs), {}
   for fname, feed in feeds.items():
     reps = int(bc.repeats) if fname == "memory" else int(bc.lm_repeats)
     for sname, (together, apart) in sweeps.items():
-      state, step = _trainer(together, sample)
+      state, step = _trainer(together, sample_ND)
       t_vm = _time_steps(state, step, feed, reps, warmup=1)[0]
       del state
       t_seq = 0.0
       for c in apart:
-        state, step = _trainer(c, sample)
+        state, step = _trainer(c, sample_ND)
         t_seq += _time_steps(state, step, feed, reps, warmup=1)[0]
         del state
       out["sweeps"][f"{sname}/{fname}"] = dict(
@@ -162,12 +201,6 @@ def run(bc) -> dict:
           speedup=t_seq / t_vm, mode="unroll" if sae.unrolled_sweep(together) else "vmap")
       print(f"sweep {sname} fed from {fname}: {t_seq / t_vm:.2f}x "
             f"({b / t_vm:.0f} vs {b / t_seq:.0f} tokens/s)", file=sys.stderr, flush=True)
-  if lm is not None:
-    ids = np.zeros((-(-b // int(bc.lm_seq)), int(bc.lm_seq)), np.int32)
-    fn = lambda: lm.apply(ids, None, (bc.lm_hookpoints[-1],))
-    _timed(fn)
-    out["lm_forward_s_per_batch"] = min(_timed(fn)[0] for _ in range(2))
-  return out
 
 
 def _random_lm(name: str):

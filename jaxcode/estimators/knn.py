@@ -351,7 +351,7 @@ def knn(x, k: int, metric: str = "euclidean", mesh: Mesh | None = None,
 
 
 @functools.partial(jax.jit, static_argnames=("p", "metric", "mesh"))
-def _knn_all(x_ND, p: Plan, metric: str, mesh: Mesh | None):
+def knn_program(x_ND, p: Plan, metric: str, mesh: Mesh | None):
   """Layout, neighbour search, unpadding and the zero-distance count in one program."""
   xa = _layout_core(x_ND, p)
   if mesh is not None:
@@ -370,4 +370,4 @@ def _knn_run(x, k: int, metric: str, mesh: Mesh | None, query_block: int = QUERY
   xj = jnp.asarray(x)
   if not jnp.issubdtype(xj.dtype, jnp.floating):
     xj = xj.astype(jnp.float32)
-  return _knn_all(xj, p=p, metric=metric, mesh=mesh)
+  return knn_program(xj, p=p, metric=metric, mesh=mesh)

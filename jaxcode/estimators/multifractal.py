@@ -232,7 +232,7 @@ def _paper_radii(h, keep):
   return x, r_used.astype(dtype)
 
 
-def _paper_grouped(hist_NT, qs_Q, A: int):
+def paper_grouped(hist_NT, qs_Q, A: int):
   """Released-code tau(q) by grouping nodes on their integer counts (a = N_i(r), b = N_i(r_max)).
 
   Z_q(r) = sum_i (a_ir / b_i)^q = sum_{a,b} C_r[a, b] a^q b^-q, with C_r[a, b] the number of
@@ -267,7 +267,7 @@ def _paper_grouped(hist_NT, qs_Q, A: int):
   return spec, keep.sum(), w_R.sum()
 
 
-_paper_grouped_jit = jax.jit(_paper_grouped, static_argnums=(2,))
+_paper_grouped_jit = jax.jit(paper_grouped, static_argnums=(2,))
 
 
 @jax.jit
