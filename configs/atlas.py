@@ -24,10 +24,16 @@ tokens per layer (TwoNN/MLE k-NN on 4000 x 384), the galaxy statistics a 100-dim
 properties (concept words only) and NeuroMFA (the released 64 sampled neurons per layer, with
 its Gaussian null) take seconds. Measured end to end from scratch on 2 cores: 4.2 min wall at
 load average 0.9-2.6 (258 s user + 163 s system CPU); 13.7 min wall at load average ~11.
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict
 
+from configs import four_properties as four_properties_configs
+from configs import neuromfa as neuromfa_configs
 from configs import sae as sae_configs
 
 VARIANTS = {   # name: the model whose atlas it makes
@@ -98,18 +104,11 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       n_null_ami=20,             # label permutations for the AMI null
       n_null_probe=5,            # random-vector draws for the probe null
       batch_rows=8))             # rows per on-device accumulation step
-  c.four_properties = ConfigDict(dict(
-      template="This is a sentence about {word}.",  # concept words' context sentence
-      categories_file="",        # '' = jaxcode/resources/concepts/categories.json
-      relations_file="",         # '' = jaxcode/resources/concepts/relations.json
-      batch=64,                  # sentences per forward
-      probe_dim=8, probe_folds=5,  # precision probe (PCA dims, CV folds)
-      lo=2, hi=100))             # eigenspectrum rank window of the concept representations
-  c.neuromfa = ConfigDict(dict(
-      enabled=True,              # the weights' multifractal spectrum with its null
-      S=64,                      # sampled neurons per layer (released model2network.py)
-      seeds=(0,),                # index samples
-      null_seed=1))              # seed of the i.i.d. Gaussian null's weights
+  c.four_properties = four_properties_configs.stage_block()   # the stage's block, as
+                                 # launch.four_properties has it (template, concept files, batch,
+                                 # seed, twonn_discard, mle_k, probe.dim/folds, spectrum.lo/hi)
+  c.neuromfa = neuromfa_configs.stage_block()   # the stage's block, as launch.neuromfa has it
+  c.neuromfa.enabled = True      # the weights' multifractal spectrum with its null
   if variant == "tiny":          # what the tests run: MiniLM, 2 blocks, ~500 tokens
     c.layers = (0, 1)
     c.extract.corpus = "default:3"
@@ -141,9 +140,10 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.lobes.n_null_ami = 5
     c.lobes.n_null_probe = 4
     c.four_properties.batch = 32
-    c.four_properties.probe_dim = 4
-    c.four_properties.probe_folds = 2
-    c.four_properties.hi = 10
+    c.four_properties.mle_k = 10
+    c.four_properties.probe.dim = 4
+    c.four_properties.probe.folds = 2
+    c.four_properties.spectrum.hi = 10
     c.neuromfa.S = 8
   c.lock()
   return c

@@ -23,6 +23,10 @@ questions) are chosen here; the reasons:
   training error stays near zero; beta = 1500 N on the toy task gives train MSE ~ 3e-4.
 * Preconditioned Langevin (step times the prior variance): every weight relaxes under the
   prior on the same time scale 1, so steps * step_size is the sampled time in prior units.
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict

@@ -7,9 +7,14 @@ of the default corpus (prose and code) in a few minutes on a laptop CPU: it cach
 residual stream of all 6 blocks, trains one TopK SAE per block through the SAE experiment
 (configs/sae.py:topk, overridable under sae_train), then runs crystals, lobes and galaxy.
 Variant 'tiny' is what the tests run. Published SAEs instead of training: one path per
-layer, e.g. --config.sae_paths='("/sae/l0", ..., "/gemma/layer_5/params.npz")' (SAELens
-directories with cfg.json + sae_weights.safetensors, or Gemma Scope params.npz files),
-with --config.model set to the model they were trained on.
+analysed layer, in the order of `layers`, '' for a layer whose SAE is trained, e.g.
+--config.sae_paths='("", "/sae/l1", ..., "/gemma/layer_5/params.npz")' (SAELens directories
+with cfg.json + sae_weights.safetensors, or Gemma Scope params.npz files), with
+--config.model set to the model they were trained on.
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict
@@ -23,7 +28,7 @@ VARIANTS = {   # name: what it runs
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("model", "'minilm' or a Hugging Face model directory / Hub id"),
     ("layers", "blocks analysed, e.g. '(0,1,2)'"),
-    ("sae_paths", "published SAEs, one per layer, instead of training"),
+    ("sae_paths", "published SAEs, one per layer of `layers` ('': trained)"),
     ("corpus.spec", "corpus spec (jaxcode.data.corpus.load_corpus)"),
     ("sae_train.sae.d_sae", "SAE latents per layer"),
     ("lobes.layers", "blocks whose SAE features are clustered"),
@@ -36,7 +41,8 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = ConfigDict()
   c.variant = variant            # written into results.json
-  c.seed = 0                     # subsampling, nulls, spectral clustering offsets
+  c.seed = 0                     # subsampling, SAE data order, nulls, spectral clustering
+                                 # (an SAE's init: sae_train.seed)
   c.model = "minilm"             # 'minilm' (the embedded MiniLM) or a HF model dir / hub id
   c.layers = (0, 1, 2, 3, 4, 5)  # blocks whose hookpoint is analysed
   c.hook = "resid_post"          # blocks.<layer>.<hook>
@@ -45,9 +51,10 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       seq_len=258,               # tokens per packed row, special tokens included
       max_rows_per_source=150,   # the first rows of each source label (0: all)
       batch_size=16))            # forward batch (rows)
-  c.sae_paths = ()               # one exported SAE per layer (SAELens dir or Gemma Scope npz);
-                                 # empty: train TopK SAEs with sae_train
-  c.sae_tokens = 40_000          # tokens per layer written for SAE training (subsample)
+  c.sae_paths = ()               # one exported SAE per layer of `layers` (SAELens dir or Gemma
+                                 # Scope npz), '' for a layer whose SAE is trained with
+                                 # sae_train; empty: every layer's SAE is trained
+  c.sae_tokens = 40_000          # tokens per layer an SAE trains on (a seeded subsample)
   t = sae_configs.get_config("topk")
   t.unlock()
   t.steps = 300
@@ -56,7 +63,7 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   t.sae.d_sae = 1024             # ~2.7 x d_model
   t.sae.k = 16
   t.eval.tokens = 4096
-  c.sae_train = t                # the SAE experiment's config (configs/sae.py:topk), data set here
+  c.sae_train = t                # the SAE stage's block (configs/sae.py:topk); data is not read
   c.crystals = ConfigDict(dict(
       layer=3,                   # block whose residual (or SAE codes) embed the words
       source="resid",            # resid (as released) | sae (the layer's SAE codes)

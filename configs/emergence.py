@@ -7,11 +7,15 @@ Then analyse the same run with other settings:
   python -m launch.neuromfa --config=configs/neuromfa.py --workdir=/tmp/emergence_mfa \
       --config.S=32 --config.checkpoints='("orbax:/tmp/emergence",)'
 Default: ~5 minutes on 2 CPU cores (d_model 64, 2 blocks, 512 steps of 16 x 64 tokens).
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict
 
-from configs.neuromfa import get_config as neuromfa_config
+from configs.neuromfa import stage_block as neuromfa_block
 from configs._train import default_train_config
 
 VARIANTS = {   # name: what it trains
@@ -53,9 +57,7 @@ def get_config(variant: str = "default") -> ConfigDict:
       batch=16,                  # sequences per step
       max_docs_per_source=300,   # default corpus: first n prose + n code documents (0: all)
       eval_sequences=64))        # held-out sequences for the eval loss
-  nm = neuromfa_config("minilm")
-  for k in ("checkpoints", "variant"):
-    del nm[k]
+  nm = neuromfa_block()
   nm.S = 32                      # sampled neurons per layer
   nm.seeds = (0, 1, 2)           # index samples (means over them, as the released code)
   c.neuromfa = nm                # configs/neuromfa.py fields (mode, T, q range, multihop ...)

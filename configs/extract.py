@@ -13,6 +13,10 @@ about 3 minutes on 2 CPU cores (800 tokens/s). Killing the job and rerunning the
 command finishes the cache, keeping every complete chunk. Override fields on the command
 line, e.g. --config.max_tokens=0 (whole corpus) --config.model=/ckpt/pythia-70m
 --config.hookpoints='("blocks.3.resid_post",)' --config.dtype=bfloat16.
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict
@@ -31,6 +35,8 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
+  """The extraction config of a variant (a key of VARIANTS); its top level is the cache
+  stage's block (jaxcode.pipeline.cache)."""
   if variant not in VARIANTS:
     raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
   c = ConfigDict()

@@ -6,8 +6,12 @@ residual-stream layer of a language model, variants by argument.
   python -m launch.four_properties --config=configs/four_properties.py:pythia --workdir=/tmp/fp_py
 
 Point at any checkpoint by path or Hub id: --config.model=/path/to/checkpoint (GPT-2, GPT-NeoX
-or BERT in safetensors). Optional SAELens exports, one per residual layer (embed, then each
-block; '' for none): --config.sae_paths="('', /sae/l1, ...)".
+or BERT in safetensors). Optional SAELens exports, one per analysed layer in layer order (embed,
+then each block; '' for none): --config.sae_paths="('', /sae/l1, ...)".
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict
@@ -20,19 +24,17 @@ VARIANTS = {   # name: the model measured
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("model", "'minilm', a checkpoint directory or a Hub id"),
     ("template", "context sentence ({word} is replaced)"),
-    ("sae_paths", "SAELens exports, one per residual layer ('' for none)"),
+    ("sae_paths", "SAELens exports, one per analysed layer in layer order ('' for none)"),
     ("batch", "sentences per forward pass"),
 )
 MODELS = dict(minilm="minilm", gpt2="gpt2", pythia="EleutherAI/pythia-70m")
 
 
-def get_config(variant: str = "minilm") -> ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+def stage_block() -> ConfigDict:
+  """The four-properties stage's fields (jaxcode/pipeline/four_properties.py), declared once:
+  this experiment's top level holds them, and the atlas embeds them as its four_properties
+  block."""
   c = ConfigDict()
-  c.variant = variant
-  c.model = MODELS[variant]     # 'minilm' (pip package), a checkpoint directory or a Hub id
-  c.revision = ""               # Hub revision ('' = default branch; local dirs take none)
   c.template = "This is a sentence about {word}."   # the context sentence ({word} is replaced)
   c.categories_file = ""        # '' = jaxcode/resources/concepts/categories.json
   c.relations_file = ""         # '' = jaxcode/resources/concepts/relations.json
@@ -48,5 +50,17 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       lo=2,                     # rank window of the power-law fit, 1-based inclusive; rank 1
       hi=100,                   # (the shared mean-like direction) is left out
   ))
-  c.sae_paths = ()              # one SAELens export dir per residual layer, '' for none
+  return c
+
+
+def get_config(variant: str = "minilm") -> ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+  c = ConfigDict()
+  c.variant = variant
+  c.model = MODELS[variant]     # 'minilm' (pip package), a checkpoint directory or a Hub id
+  c.revision = ""               # Hub revision ('' = default branch; local dirs take none)
+  c.update(stage_block())       # the stage's fields (stage_block), passed to it as they are
+  c.sae_paths = ()              # one SAELens export dir per analysed layer (embed, then each
+                                # block), in layer order, '' for none; () = no SAEs
   return c

@@ -7,7 +7,11 @@
       --config.checkpoints='("orbax:/tmp/emergence",)'
 
 Checkpoint specs: 'minilm' | 'hub:ID@REV' | 'orbax:RUN_DIR[@STEP]' | a local HF directory
-(jaxcode/experiments/neuromfa.py). A series must share one architecture.
+(jaxcode/pipeline/neuromfa.py). A series must share one architecture.
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict
@@ -29,12 +33,11 @@ PYTHIA_STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 3000, 13000, 230
                 43000, 53000, 63000, 73000, 83000, 93000, 103000, 113000, 123000, 133000, 143000)
 
 
-def get_config(variant: str = "minilm") -> ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+def stage_block() -> ConfigDict:
+  """The NeuroMFA stage's fields (jaxcode/pipeline/neuromfa.py), declared once: this
+  experiment's top level holds them, launch.emergence and the atlas embed them as their
+  neuromfa block (the released one-hop algorithm on 64 sampled neurons per layer)."""
   c = ConfigDict()
-  c.variant = variant            # the name written into results.json
-  c.checkpoints = ("minilm",)    # the series, in order (specs: see the module docstring)
   c.S = 64                       # sampled neurons per layer (released model2network.py: 64)
   c.seeds = (0,)                 # one index sample per seed, reused over the series (released: 10)
   c.null_seed = 1                # seed of the i.i.d. Gaussian null's weights
@@ -56,6 +59,16 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       directed=False,            # False: paths may zig-zag between layers
       normaliser="node",         # node (released: p_i = N_i(r)/N_i(r_max)) | global (p_i = N_i/N)
       skip_length=1.0))          # length of a residual skip edge
+  return c
+
+
+def get_config(variant: str = "minilm") -> ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+  c = ConfigDict()
+  c.variant = variant            # the name written into results.json
+  c.checkpoints = ("minilm",)    # the series, in order (specs: see the module docstring)
+  c.update(stage_block())        # the stage's fields (stage_block), passed to it as they are
   if variant == "multihop":
     c.mode = "multihop"
     c.S = 32

@@ -5,10 +5,15 @@
 Variants: relu, relu_classic, topk, batchtopk, jumprelu, jumprelu_tanh, matryoshka.  The default
 data is a synthetic planted dictionary, so every variant runs anywhere in about a minute on a
 laptop CPU.  Override on the command line, e.g. --config.sae.d_sae=4096 --config.steps=20000,
---config.data.kind=activation_cache --config.data.path=/cache/gpt2 --config.data.hookpoint=...,
+--config.data.kind=activation_cache --config.data.path=/cache/gpt2 --config.data.hookpoint=...
+(a cache written by launch.extract), an [N, D] .npy file: --config.data.kind=array_npy,
 activations computed on the fly by a model: --config.data.kind=lm --config.data.path=gpt2
 --config.data.hookpoint=blocks.6.resid_post (a sweep then shares every forward pass),
 or a sweep of 4 SAEs trained at once: --config.sae.sweep_k='(16,32,64,128)'.
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict
@@ -30,8 +35,8 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("sae.k", "active latents per token (topk, batchtopk, matryoshka)"),
     ("sae.sparsity_coef", "sparsity penalty (relu*, jumprelu*)"),
     ("sae.sweep_k", "several k trained at once, e.g. '(16,32,64)'"),
-    ("data.kind", "synthetic | array_npy | chunked | activation_cache | lm"),
-    ("data.path", ".npy file, chunked store, activation cache dir, or (lm) model"),
+    ("data.kind", "synthetic | array_npy | activation_cache | lm"),
+    ("data.path", ".npy file, activation cache dir, or (lm) model"),
     ("data.hookpoint", "activation_cache / lm: which hookpoint, e.g. blocks.6.resid_post"),
     ("optim.lr", "peak learning rate"),
     ("batch_size", "activations (tokens) per step"),
@@ -39,6 +44,7 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
 
 
 def get_config(arch: str = "topk") -> ConfigDict:
+  """The SAE experiment's config for one architecture (a key of VARIANTS)."""
   if arch not in VARIANTS:
     raise ValueError(f"variant {arch!r}: expected one of {', '.join(VARIANTS)}")
   c = default_train_config()
@@ -60,8 +66,9 @@ def get_config(arch: str = "topk") -> ConfigDict:
       tokens=8192,               # held-out tokens for the final evaluation
       batch_size=2048))          # evaluation batch
   c.data = ConfigDict(dict(
-      kind="synthetic",          # synthetic | array_npy | chunked | activation_cache | lm
-      path="",                   # .npy file, chunked store, activation cache dir, or (lm) model
+      kind="synthetic",          # synthetic | array_npy | activation_cache | lm
+      path="",                   # .npy file, activation cache dir, or (lm) model ('minilm', a
+                                 # checkpoint dir or Hub id)
       hookpoint="",              # activation_cache / lm: which hookpoint
       seq_len=128,               # lm: tokens per packed row
       corpus="",                 # lm: corpus spec ('' = the embedded default corpus)
@@ -71,10 +78,18 @@ def get_config(arch: str = "topk") -> ConfigDict:
       l0=3.0,                    # synthetic: expected active features per token
       alpha=0.3,                 # synthetic: power-law exponent of feature frequencies
       dict_seed=0))              # synthetic: seed of the planted dictionary
-  c.sae = ConfigDict(dict(
+  c.sae = sae_block(arch)
+  c.lock()
+  return c
+
+
+def sae_block(arch: str) -> ConfigDict:
+  """The `sae` block: the one declaration of the SAE fields and their defaults
+  (jaxcode.pipeline.sae.sae_config builds the SAEConfig from it, adding none of its own)."""
+  s = ConfigDict(dict(
       architecture=arch,         # one of VARIANTS
       d_in=0,                    # 0: take it from the data; otherwise checked against it
-      d_sae=64,                  # latents
+      d_sae=64,                  # latents (0: 2 x the data width d_in)
       k=3,                       # topk / batchtopk / matryoshka: active latents (mean for batch)
       sweep_k=(),                # non-empty: train one SAE per k at once (vmapped)
       sparsity_coef=0.0,         # lambda: L1 (relu*), L0 (jumprelu), tanh (jumprelu_tanh)
@@ -97,7 +112,6 @@ def get_config(arch: str = "topk") -> ConfigDict:
                                  # measured faster on this backend: sparse on CPU)
       sweep_mode="auto"))        # sweeps: vmap | unroll | auto (unrolled on CPU, vmapped on
                                  # accelerators; see jaxcode.models.sae.unrolled_sweep)
-  s = c.sae
   if arch == "relu":
     s.sparsity_coef, s.dec_init_norm = 0.3, 0.1
   elif arch == "relu_classic":
@@ -110,5 +124,4 @@ def get_config(arch: str = "topk") -> ConfigDict:
     s.matryoshka_widths = (32,)
   if arch in ("topk", "batchtopk", "matryoshka"):
     s.dead_tokens = 256 * 50     # synthetic default is short: 50 steps without firing
-  c.lock()
-  return c
+  return s

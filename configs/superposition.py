@@ -7,6 +7,10 @@
 Override any field on the command line, e.g. --config.steps=2000 --config.toy.seeds=3.
 The optimiser follows the released notebook: AdamW, lr 1e-3 constant, weight decay 0.01
 (PyTorch's default), batch 1024, 10,000 steps, xavier-normal init, b = 0.
+
+A rerun in the same workdir may differ from the first run only in fields that cannot change
+results: progress, log_every, checkpoint.*, mesh.*, distributed.*, and steps under a
+constant learning-rate schedule (jaxcode/workdir.py); any other difference is refused.
 """
 
 from ml_collections import ConfigDict

@@ -43,7 +43,7 @@ def _config(tmp, **over):
   c = atlas_config.get_config("tiny")
   c.unlock()
   c.four_properties.categories_file, c.four_properties.relations_file = _concept_files(tmp)
-  c.four_properties.hi = 8
+  c.four_properties.spectrum.hi = 8
   c.sae_train.steps = 20
   c.sae_train.checkpoint.every = 10
   for k, v in over.items():
@@ -189,10 +189,12 @@ def test_bad_input_before_compute(tmp_path):
   empty.write_text("\n")
   _refused(_config(tmp, **{"extract.corpus": str(empty)}), str(tmp_path / "c"),
            "no non-empty documents")
-  wd = tmp_path / "d"
+  wd = tmp_path / "d"      # a workdir holding another model's atlas
   wd.mkdir()
-  (wd / "atlas.json").write_text(json.dumps({"model": "gpt2", "revision": None}))
-  _refused(_config(tmp), str(wd), "holds the atlas of model 'gpt2'")
+  other = _config(tmp).to_dict()
+  other["model"] = "gpt2"
+  (wd / "config.json").write_text(json.dumps(other))
+  _refused(_config(tmp), str(wd), "holds a run with model='gpt2', this command has 'minilm'")
 
 
 def test_launch_one_line_error(tmp_path):

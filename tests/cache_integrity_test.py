@@ -16,16 +16,12 @@ import pytest
 
 from jaxcode.data import activations
 from jaxcode.data.activations import ActivationCache, extract
-from jaxcode.data.corpus import CODE, PROSE, Document, pack
+from jaxcode.data.corpus import pack
 from jaxcode.models.lm import load_pretrained
 from jaxcode.errors import ConfigError
 from launch_util import REPO, cpu_env
 
-FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
-DOCS = [Document("d0", PROSE, "the model is a tiny random test of attention and the residual stream " * 2),
-        Document("d1", CODE, "def return class import data value function"),
-        Document("d2", PROSE, "sparse feature in a small layer " * 3)]
-HOOKS = ["blocks.0.resid_post", "blocks.1.mlp_hidden"]
+from tests.activations_test import DOCS, FIX, HOOKS   # the same small corpus and model
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,83 @@ def test_lobes_fewer_features_than_clusters():
     cg.lobes(c, 5, np.ones((4, 2)), cluster_counts=(2, 8))
 
 
+# ------------------------------------------------------------------ the lobes stage
+
+class _Cache:
+  """An ActivationCache stand-in over dense arrays: the tokens of each row that are not
+  special, in row-major order, as jaxcode.data.activations.extract keeps them."""
+
+  def __init__(self, x_RTD, doc_index_RT, special_RT, sources):
+    rows, cols = np.nonzero(~special_RT)
+    self.x_ND, self.rows, self.cols = x_RTD[rows, cols], rows, cols
+    self.doc_N = doc_index_RT[rows, cols]
+    self.n_tokens = len(rows)
+    self.manifest = {"n_rows": x_RTD.shape[0], "sources": list(sources)}
+
+  def width(self, hookpoint):
+    return self.x_ND.shape[1]
+
+  def get(self, hookpoint, idx):
+    return self.x_ND[np.asarray(idx)]
+
+  def token_info(self, idx):
+    idx = np.asarray(idx)
+    return {"row": self.rows[idx], "col": self.cols[idx], "doc_index": self.doc_N[idx]}
+
+
+def test_row_sources_follow_packed_rule():
+  """The cache's row -> last document -> source equals corpus.Packed.source_of_rows."""
+  from jaxcode.data.corpus import Packed
+  from jaxcode.pipeline import lobes
+  doc = np.array([[-1, 0, 0, 1, -1], [-1, 1, 1, 2, -1], [-1, 3, -1, -1, -1]], np.int32)
+  special = doc < 0
+  packed = Packed(np.zeros_like(doc), np.ones_like(doc), doc, special, list("abcd"),
+                  ["prose", "code", "prose", "code"])
+  cache = _Cache(np.zeros(doc.shape + (2,), np.float32), doc, special, packed.sources)
+  assert list(lobes.row_sources(cache)) == list(packed.source_of_rows()) == [
+      "code", "prose", "code"]
+
+
+def _planted_cache(seed=1, n_rows=120, block_len=4):
+  """Planted codes (one block per row, its topic the row's source) behind a [CLS] column,
+  and an identity-encoder SAE whose decoder rows cluster by co-occurrence group."""
+  from jaxcode.models.sae_io import ExternalSAE
+  x, _, _, group, topic = _planted_codes(seed, n_rows=n_rows, block_len=block_len,
+                                         blocks_per_row=1)
+  r, s, m = x.shape
+  x_RTD = np.concatenate([np.zeros((r, 1, m), np.float32), x], axis=1)
+  doc = np.concatenate([np.full((r, 1), -1), np.tile(np.arange(r)[:, None], (1, s))], axis=1)
+  src = ["code" if t == 0 else "prose" for t in topic]
+  rng = np.random.default_rng(seed + 100)
+  w_dec = (3 * rng.standard_normal((2, m)))[group] + rng.standard_normal((m, m))
+  sae = ExternalSAE("standard", np.eye(m, dtype=np.float32), np.zeros(m, np.float32),
+                    w_dec.astype(np.float32), np.zeros(m, np.float32))
+  return _Cache(x_RTD, doc.astype(np.int32), doc < 0, src), sae, s
+
+
+def test_lobes_stage_matches_analysis_and_is_reused(tmp_path):
+  from ml_collections import ConfigDict
+  from jaxcode.pipeline import lobes
+  cache, sae, body = _planted_cache()
+  block = ConfigDict(dict(block_len=4, threshold=1.0, batch_rows=8, cluster_counts=(2,),
+                          affinities=("phi",), n_null_ami=20, n_null_probe=3))
+  out = lobes.run(str(tmp_path / "lobes"), cache, "h", sae, 1, body, block, seed=0)
+  # the same numbers straight from the analysis functions
+  x, valid = lobes.dense_layout(cache, "h", cache.manifest["n_rows"], body, 1)
+  c, t, fired, rows = cg.cooccurrence(lambda z: z, x, valid, 4, 1.0)
+  ref = cg.lobes(c, t, sae.W_dec, (2,), ("phi",), 20, 3, fired,
+                 np.asarray(cache.manifest["sources"])[rows], seed=42)["affinities"]["phi"][2]
+  rec = out["affinities"]["phi"]["2"]
+  assert out["blocks"] == t == 120 and rec["ami"] == ref["ami"]["ami"]
+  assert rec["balanced_accuracy"] == ref["probe"]["balanced_accuracy"]
+  assert rec["sources"] == ref["sources"] and rec["code_prose_separation"] > 0.8
+  assert len(out["clusters"]["labels"]["phi"]["2"]) == out["n_active"]
+  cache.get = None                       # complete: reused, nothing read from the cache
+  assert lobes.run(str(tmp_path / "lobes"), cache, "h", sae, 1, body, block, seed=0) == out
+  with pytest.raises(ConfigError, match="lobes.block_len=9 is longer"):
+    lobes.lobe_statistics(cache, "h", sae, 1, body, ConfigDict(dict(block, block_len=9)), 0)
+
+
 # ------------------------------------------------------------------ galaxy
 
 def test_spectrum_fit_matches_linregress():
@@ -194,7 +271,16 @@ def test_experiment_sae_d_in_mismatch(tmp_path, monkeypatch, minilm):
              "b_dec": np.zeros(8, np.float32)}, str(d / "sae_weights.safetensors"))
   (d / "cfg.json").write_text('{"architecture": "standard", "d_in": 8, "d_sae": 16}')
   with pytest.raises(ConfigError, match="d_in=8 but the activations .* have width 384"):
-    _run_tiny(tmp_path, monkeypatch, minilm, sae_paths=(str(d), str(d)))
+    _run_tiny(tmp_path, monkeypatch, minilm, sae_paths=("", str(d)))   # layer 0 trained
+
+
+def test_experiment_sae_paths_one_per_layer(tmp_path, monkeypatch, minilm):
+  """sae_paths: one path per analysed layer in the order of `layers`, '' for a trained one."""
+  with pytest.raises(ConfigError, match="sae_paths has 1 entries: expected one per layer "
+                                        "\\(2: \\[0, 1\\]\\)"):
+    _run_tiny(tmp_path, monkeypatch, minilm, sae_paths=("",))
+  with pytest.raises(ConfigError, match="sae_paths\\[1\\]='/nonexistent' does not exist"):
+    _run_tiny(tmp_path, monkeypatch, minilm, sae_paths=("", "/nonexistent"))
 
 
 def test_experiment_block_longer_than_sequences(tmp_path, monkeypatch, minilm):

@@ -1,4 +1,4 @@
-"""launch.extract / experiments.extract: kill-and-rerun, sharding, bad input.
+"""launch.extract / experiments.extract / pipeline.cache: kill-and-rerun, sharding, bad input.
 
 References we did not write: the cached activations are compared with the forward of the
 loaded model (itself checked against HF transformers' PyTorch outputs in lm_parity_test.py
@@ -21,6 +21,8 @@ from configs import extract as configs
 from jaxcode import parallel
 from jaxcode.data.activations import ActivationCache
 from jaxcode.experiments import extract as exp
+from jaxcode.pipeline import cache as cache_lib
+from jaxcode.pipeline import model as model_lib
 from jaxcode.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,8 +91,8 @@ def test_sigkill_midway_then_rerun_finishes_without_redoing_chunks(tmp_path):
   cache = ActivationCache.open(str(wd / "activations"), model=GPT2, hookpoints=c.hookpoints)
   assert cache.verify() == []
   # contents: the model's forward at the kept (non-special, attended) positions
-  lm, _ = exp.load_model(c, parallel.single_device_mesh())
-  packed = exp.load_packed(c, lm.tokenizer)
+  lm = model_lib.load(model_lib.resolve(c.model), mesh=parallel.single_device_mesh())
+  packed = cache_lib.load_packed(c, lm.tokenizer)
   keep = packed.attention_mask.astype(bool) & ~packed.special
   assert cache.n_tokens == out["n_tokens"] == keep.sum() == sum(out["tokens_by_source"].values())
   assert set(out["tokens_by_source"]) == {"prose", "code"}
@@ -146,3 +148,25 @@ def test_eight_devices_equal_one_and_bad_input(tmp_path):
 def _mesh3():
   import jax
   return parallel.make_mesh(3, 1, devices=jax.devices()[:3])
+
+
+def test_cache_stage_takes_a_block_without_the_optional_fields(tmp_path):
+  """The atlas's extract block (no text_field, max_docs, drop_special, compute_dtype,
+  progress) runs the stage with the stage's defaults, equals the extract experiment's cache
+  of the same settings, and a complete intact folder is reused."""
+  from ml_collections import ConfigDict
+  c = tiny_gpt2()
+  mesh = parallel.single_device_mesh()
+  ref = exp.run(c, str(tmp_path / "exp"), mesh=mesh)
+  block = ConfigDict({k: c[k] for k in ("corpus", "seq_len", "max_tokens", "batch_size",
+                                        "rows_per_chunk", "dtype")})
+  spec = model_lib.resolve(GPT2)
+  lm = model_lib.load(spec, mesh=mesh, dtype=cache_lib.compute_dtype(block))
+  folder = str(tmp_path / "stage")
+  out = cache_lib.cache_activations(block, folder, lm, spec, HOOKS, mesh)
+  assert out["n_tokens"] == ref["n_tokens"] and out["compute_dtype"] == "float32"
+  for rel in ("manifest.json", "tokens/chunk_00000.npz", f"{HOOKS[1]}/chunk_00001.npy"):
+    with open(os.path.join(folder, "activations", rel), "rb") as f, \
+        open(os.path.join(str(tmp_path / "exp"), "activations", rel), "rb") as g:
+      assert f.read() == g.read(), rel
+  assert cache_lib.cache_activations(block, folder, lm, spec, HOOKS, mesh) == out

@@ -20,6 +20,7 @@ import pytest
 
 from configs import four_properties as cfg_lib
 from jaxcode.experiments import four_properties as exp
+from jaxcode.pipeline import four_properties as stage
 from jaxcode.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,8 +126,8 @@ def test_gpt2_table_matches_skdim_on_unbatched_representations(tmp_path):
   for ctx in ("template",):   # the context where the word is not at a fixed position
     x = []
     for w in words:
-      text, s, e = exp.contexts_for(w, "this is {word}")[ctx]
-      ids, pos = exp.word_position(lm.tokenizer, text, s, e, True)
+      text, s, e = stage.contexts_for(w, "this is {word}")[ctx]
+      ids, pos = stage.word_position(lm.tokenizer, text, s, e, True)
       x.append(np.asarray(lm.apply(np.asarray([ids]), None, ("blocks.1.resid_post",))
                           ["blocks.1.resid_post"])[0, pos])
     x = np.asarray(x, np.float64)
@@ -168,3 +169,21 @@ def test_empty_concept_list_after_filtering(tmp_path):
   with pytest.raises(ConfigError, match="concept list: none of 7 words") as e:
     exp.run(c, str(tmp_path / "run"))
   assert "\n" not in str(e.value)
+
+
+def test_stage_takes_a_spec_or_a_model_and_is_reused(tmp_path):
+  """The stage on its typed inputs: a ModelSpec (loaded by the stage), reused once complete
+  (nothing is loaded or computed again), and one SAE (or None) per analysed layer."""
+  from jaxcode.pipeline import model as model_lib
+  c = _config(tmp_path, "bert")
+  folder = str(tmp_path / "stage")
+  res = stage.run(model_lib.resolve(c.model), None, c, folder, log=False)
+  assert res["model"] == c.model and res["sae"] == "absent" and "figures" not in res
+  _check_table(res, n_layers=2, n_points=24)
+  assert stage.run(None, None, c, folder, log=False) == res
+  lm = model_lib.load(model_lib.resolve(c.model))
+  with pytest.raises(ConfigError, match="saes has 2 entries: expected one per analysed layer"):
+    stage.run(lm, [None, None], c, str(tmp_path / "other"), log=False)
+  with pytest.raises(ConfigError, match="sae_paths has 1 entries: expected one per analysed"):
+    stage.saes_from_paths(("",), lm.n_layers + 1, lm.d_model)
+  assert stage.saes_from_paths((), lm.n_layers + 1, lm.d_model) is None

@@ -24,6 +24,7 @@ from configs import neuromfa as nm_cfg
 from jaxcode.analysis import neuromfa as nm
 from jaxcode.estimators import graph, multifractal as mf
 from jaxcode.experiments import emergence, neuromfa as nmfa_exp
+from jaxcode.pipeline import neuromfa as nmfa_stage
 from jaxcode.models.lm import load_pretrained
 from jaxcode import parallel
 from jaxcode.errors import ConfigError
@@ -161,7 +162,7 @@ def test_bad_inputs_one_line(tmp_path):
   with pytest.raises(ConfigError, match="radius window"):
     nmfa_exp.validate(c, str(tmp_path))
   with pytest.raises(ConfigError, match="orbax"):
-    nmfa_exp.parse_spec(f"orbax:{tmp_path}")
+    nmfa_stage.parse_spec(f"orbax:{tmp_path}")
   # the launch path: one line, exit 2, before any compute
   r = subprocess.run([sys.executable, "-m", "launch.neuromfa", "--config=configs/neuromfa.py:tiny",
                       f"--workdir={tmp_path / 'w'}", "--config.checkpoints=('tests/fixtures/lm/gpt2',"
@@ -169,3 +170,31 @@ def test_bad_inputs_one_line(tmp_path):
   assert r.returncode == 2, r.stderr[-500:]
   err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(err) == 1 and "checkpoint 1 is bert" in err[0], r.stderr[-500:]
+
+
+def test_stage_on_labelled_params_is_the_experiment_and_is_reused(tmp_path):
+  """The stage on a labelled params list (configs/neuromfa.py:stage_block as its block) gives
+  the experiment's numbers; once complete it is reused without computing."""
+  c = nm_cfg.get_config("tiny")
+  path = os.path.join(FIX, "gpt2")
+  c.checkpoints = (path,)
+  labelled = nmfa_stage.load_checkpoints(c.checkpoints)
+  assert [l for l, _ in labelled] == [path]
+  block = nm_cfg.stage_block()
+  block.S = c.S
+  folder = str(tmp_path / "stage")
+  res = nmfa_stage.run(labelled, block, folder, header={"variant": "x"}, log=False)
+  want = nmfa_exp.run(c, str(tmp_path / "exp"))
+  assert res["variant"] == "x" and want["variant"] == "tiny"
+  for key in ("alpha0", "width", "null_alpha0", "null_width", "tau"):
+    assert res["checkpoints"][0][key] == want["checkpoints"][0][key]
+  assert nmfa_stage.run([], block, folder, log=False) == res
+
+
+def test_emergence_imports_no_experiment():
+  import ast
+  import inspect
+  tree = ast.parse(inspect.getsource(emergence))
+  mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+  mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+  assert not any(m and m.startswith("jaxcode.experiments") for m in mods), mods

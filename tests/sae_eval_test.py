@@ -13,6 +13,7 @@ from sklearn.metrics import r2_score
 from sklearn.metrics.pairwise import cosine_similarity
 
 from jaxcode.analysis import sae_eval
+from jaxcode.report import sae as report_sae
 
 
 def _data():
@@ -64,9 +65,14 @@ def test_figures(tmp_path):
   x, x_hat, f = _data()
   m = sae_eval.reconstruction_metrics([(x, x_hat, f)], 7, 20)
   m2 = dict(m, l0=m["l0"] * 2, explained_variance=0.9)
-  p1 = sae_eval.plot_density_histogram([m, m2], ["a", "b"], str(tmp_path / "f/density.png"))
-  p2 = sae_eval.plot_l0_vs_ev([m, m2], ["a", "b"], str(tmp_path / "f/l0_ev.png"))
+  p1 = report_sae.plot_density_histogram([m, m2], ["a", "b"], str(tmp_path / "f/density.png"))
+  p2 = report_sae.plot_l0_vs_ev([m, m2], ["a", "b"], str(tmp_path / "f/l0_ev.png"))
   for p in (p1, p2):
     assert os.path.getsize(p) > 1000
   s = sae_eval.summary(m)
   assert "feature_density" not in s and isinstance(s["log10_density_hist"]["counts"], list)
+  # the stage's figures come from results.json alone (the summaries, labelled)
+  results = {"saes": [dict(s, label="a"), dict(sae_eval.summary(m2), label="b")]}
+  paths = report_sae.write_all(results, str(tmp_path / "figs"))
+  assert [os.path.basename(p) for p in paths] == ["density.png", "l0_vs_ev.png"]
+  assert all(os.path.getsize(p) > 1000 for p in paths)

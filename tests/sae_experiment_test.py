@@ -20,6 +20,7 @@ from jaxcode import parallel
 from jaxcode.errors import ConfigError
 from jaxcode.experiments import train_sae
 from jaxcode.models import sae, sae_io
+from jaxcode.pipeline import sae as sae_stage
 from jaxcode.train import loop
 from launch_util import REPO, cpu_env, free_port
 
@@ -66,7 +67,7 @@ def test_exact_resumption_batchtopk(tmp_path):
   c = _cfg("batchtopk", steps=10, log_every=1, batch_size=64,
            **{"checkpoint.every": 100, "sae.dead_tokens": 128, "optim.warmup_steps": 2})
   src, cfg = train_sae.validate(c, None)
-  task = train_sae.make_task(c, src, cfg, mesh)
+  task = sae_stage.make_task(c, src, cfg, mesh)
   full = loop.train(task, c, str(tmp_path / "full"), mesh=mesh)
   part = str(tmp_path / "part")
 
@@ -76,7 +77,7 @@ def test_exact_resumption_batchtopk(tmp_path):
 
   with pytest.raises(loop.Preempted):
     loop.train(task, c, part, mesh=mesh, on_metrics=kill)
-  resumed = loop.train(train_sae.make_task(c, src, cfg, mesh), c, part, mesh=mesh)
+  resumed = loop.train(sae_stage.make_task(c, src, cfg, mesh), c, part, mesh=mesh)
   assert resumed.resumed_from is not None and 5 <= resumed.resumed_from < 10
   a, b = jax.device_get((full.state, resumed.state))
   assert int(b.step) == 10
@@ -93,7 +94,9 @@ def test_exact_resumption_batchtopk(tmp_path):
     ({"sae.k": 100}, "sae.k=100"),
     ({"sae.sparsity_coef": -0.5}, "sparsity_coef=-0.5"),
     ({"mesh.data": 2, "mesh.model": 4, "sae.d_sae": 66}, "model axis 4 does not divide d_sae=66"),
-    ({"data.kind": "chunked", "data.path": "/nonexistent"}, "no manifest.json"),
+    ({"data.kind": "activation_cache", "data.path": "/nonexistent"}, "no manifest.json"),
+    ({"data.kind": "chunked"}, "data.kind='chunked'"),
+    ({"sae.d_sae": -1}, "sae.d_sae=-1"),
 ])
 def test_bad_config_fails_before_compute(over, msg, tmp_path):
   with pytest.raises(ConfigError, match=msg) as e:
@@ -118,7 +121,8 @@ def test_lm_source_end_to_end(tmp_path):
 
 def _launch_sae(workdir, store, *extra, devices=8):
   cmd = [sys.executable, "-m", "launch.train_sae", "--config=configs/sae.py:topk",
-         f"--workdir={workdir}", "--config.data.kind=chunked", f"--config.data.path={store}",
+         f"--workdir={workdir}", "--config.data.kind=activation_cache",
+         f"--config.data.path={store}",
          "--config.steps=20", "--config.checkpoint.every=10", "--config.log_every=10",
          "--config.optim.warmup_steps=5", "--config.batch_size=64", "--config.eval.tokens=256",
          "--config.eval.batch_size=64", "--config.norm_sample_tokens=256",
@@ -129,12 +133,12 @@ def _launch_sae(workdir, store, *extra, devices=8):
 
 def test_two_hosts_each_reading_their_rows_equal_one_host(tmp_path):
   """jax.distributed on localhost, 2 processes x 4 CPU devices (mesh 4 data x 2 model), each
-  host reading only its rows of every batch from a chunked store (Task.local_batch), against
+  host reading only its rows of every batch from an activation cache (Task.local_batch), against
   1 process x 8 devices reading whole batches: the same exported SAE."""
   from safetensors.numpy import load_file
-  from jaxcode.data import sources
+  from jaxcode.data import activations
   x = np.random.default_rng(3).standard_normal((600, 16)).astype(np.float32)
-  store = sources.write_chunked(str(tmp_path / "store"), [x[:250], x[250:]])
+  store = activations.write_arrays(str(tmp_path / "cache"), {"h": x}, 250)
   p = _launch_sae(tmp_path / "one", store)
   _, err = p.communicate(timeout=300)
   assert p.returncode == 0, err
@@ -154,3 +158,28 @@ def test_two_hosts_each_reading_their_rows_equal_one_host(tmp_path):
   assert sorted(a) == sorted(b)
   for k in a:
     np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_d_sae_zero_is_twice_the_data_width_and_the_stage_takes_a_block_as_is(tmp_path):
+  """One meaning of sae.d_sae=0 (2 x d_in, from the source) for every entry point; the stage
+  trains from an embedding experiment's block (the atlas's sae_train) and a source built by
+  the caller, with no field rewritten, and reuses its complete folder."""
+  from configs import atlas as atlas_configs
+  from jaxcode.data import sources
+  from jaxcode.pipeline import sae as sae_stage
+  src, cfg = train_sae.validate(_cfg("topk", **{"sae.d_sae": 0}), None)
+  assert cfg.d_sae == 2 * src.d_in == 64
+  t = atlas_configs.get_config("tiny").sae_train
+  with t.unlocked():
+    t.sae.d_sae, t.steps, t.checkpoint.every, t.optim.warmup_steps = 0, 4, 4, 1
+    t.eval.tokens, t.eval.batch_size, t.norm_sample_tokens, t.batch_size = 64, 32, 64, 32
+  x = np.random.default_rng(0).standard_normal((256, 12)).astype(np.float32)
+  assert sae_stage.validate(t, 12, where="sae_train.").d_sae == 24
+  mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
+  out = sae_stage.train_saes(t, str(tmp_path), sources.ArraySource(x), mesh)
+  assert out["d_sae"] == 24 and out["saes"][0]["k"] == t.sae.k and "figures" not in out
+  assert sae_io.load_saelens(str(tmp_path / "export" / "sae")).d_sae == 24
+  assert sae_stage.train_saes(t, str(tmp_path), sources.ArraySource(x), mesh) == out
+  with pytest.raises(ConfigError, match=rf"^sae_train\.sae\.k={t.sae.k}: expected 0 < k <= "
+                     r"d_sae=2$"):
+    sae_stage.validate(t, 1, where="sae_train.")

@@ -18,12 +18,17 @@ from jaxcode.data.synthetic import PlantedDictionary
 from jaxcode.errors import ConfigError
 
 
-def test_array_and_chunked_sources_agree_and_cover_epochs(tmp_path):
+def _cache_of(path, x_ND, tokens_per_chunk, hook="h"):
+  """An activation cache holding x_ND for one hookpoint (the one on-disk format)."""
+  activations.write_arrays(str(path), {hook: x_ND}, tokens_per_chunk)
+  return str(path)
+
+
+def test_array_and_cache_sources_agree_and_cover_epochs(tmp_path):
   x = np.random.default_rng(0).standard_normal((60, 5)).astype(np.float32)
   arr = sources.ArraySource(x, seed=3)
-  store = sources.write_chunked(str(tmp_path / "store"), [x[:25], x[25:40], x[40:]])
-  chk = sources.ChunkedSource(store, seed=3)
-  assert chk.d_in == 5
+  chk = sources.ActivationCacheSource(_cache_of(tmp_path / "cache", x, 25), "", seed=3)
+  assert chk.d_in == 5 and [e["n_tokens"] for e in chk.cache.chunks] == [25, 25, 10]
   seen = np.concatenate([arr.batch(s, 12) for s in range(5)])     # exactly one epoch
   assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, x.tolist()))
   for s in (0, 4, 5, 17):                                         # crosses epoch boundaries
@@ -68,7 +73,7 @@ def test_planted_dictionary_statistics():
 
 def test_source_errors(tmp_path):
   with pytest.raises(ConfigError, match="no manifest.json"):
-    sources.ChunkedSource(str(tmp_path))
+    sources.ActivationCacheSource(str(tmp_path), "")
   with pytest.raises(ConfigError, match="expected a non-empty"):
     sources.ArraySource(np.zeros((0, 3)))
   with pytest.raises(ConfigError, match="l0=0"):
@@ -110,8 +115,8 @@ def test_batch_rows_is_a_slice_of_the_batch(tmp_path):
   """One host's rows of a global batch (what a multi-host run reads) equal the same rows of
   the whole batch, for every source kind; the stored ones read only those rows."""
   x = np.random.default_rng(7).standard_normal((50, 6)).astype(np.float32)
-  store = sources.write_chunked(str(tmp_path / "store"), [x[:20], x[20:]])
-  srcs = [sources.ArraySource(x, seed=1), sources.ChunkedSource(store, seed=1),
+  store = _cache_of(tmp_path / "cache", x, 20)
+  srcs = [sources.ArraySource(x, seed=1), sources.ActivationCacheSource(store, "h", seed=1),
           sources.SyntheticSource(PlantedDictionary(d_in=6, n_features=9, l0=2.0, alpha=0.3,
                                                     seed=0), seed=1)]
   for src in srcs:
@@ -125,3 +130,19 @@ def test_batch_rows_is_a_slice_of_the_batch(tmp_path):
   chk.rows_at = lambda idx: (read.append(len(idx)), orig(idx))[1]
   chk.batch_rows(2, 16, slice(8, 16))
   assert read == [8]
+
+
+def test_write_arrays_round_trips_float16_and_bfloat16(tmp_path):
+  """A cache written from arrays reads back exactly (bfloat16 stored as its bits), every
+  file with its sha256 recorded, and is refused where it does not fit the reader's checks."""
+  import ml_dtypes
+  x = np.random.default_rng(2).standard_normal((13, 3))
+  for dt in (np.float16, ml_dtypes.bfloat16):
+    d = str(tmp_path / np.dtype(dt).name)
+    activations.write_arrays(d, {"a": x.astype(dt), "b": (2 * x).astype(dt)}, 5)
+    cache = activations.ActivationCache.open(d)
+    assert cache.verify() == [] and cache.n_tokens == 13 and cache.dtype == dt
+    np.testing.assert_array_equal(cache.get("b", np.arange(13)), (2 * x).astype(dt))
+    assert cache.token_info([12])["row"].tolist() == [12]
+  with pytest.raises(ConfigError, match="one row count"):
+    activations.write_arrays(str(tmp_path / "bad"), {"a": x, "b": x[:5]}, 5)

@@ -34,7 +34,7 @@ from scipy import special, stats
 from jaxcode.estimators import entropy as ent
 from jaxcode.estimators import knn as knn_lib
 from jaxcode.estimators import spectrum
-from jaxcode.errors import ConfigError
+from jaxcode.errors import ConfigError, positive_int
 
 AFFINITIES = ("smc", "jaccard", "dice", "overlap", "phi")
 GEOMETRY = "geometry"   # the decoder-direction angular-similarity clustering
@@ -153,13 +153,13 @@ def _block_view(x_RSD, valid_RS, block_len: int):
   return xb, vb
 
 
-def check_block_len(block_len: int, seq_len: int) -> int:
-  if int(block_len) != block_len or block_len < 1:
-    raise ConfigError(f"block_len={block_len}: expected a positive integer")
+def check_block_len(block_len: int, seq_len: int, name: str = "block_len") -> int:
+  """`block_len` as a positive int no longer than the sequences' `seq_len` tokens."""
+  block_len = positive_int(name, block_len)
   if block_len > seq_len:
-    raise ConfigError(f"block_len={block_len} is longer than the sequences ({seq_len} tokens): "
-                      f"expected block_len <= {seq_len}")
-  return int(block_len)
+    raise ConfigError(f"{name}={block_len} is longer than the sequences ({seq_len} tokens): "
+                      f"expected {name} <= {seq_len}")
+  return block_len
 
 
 def cooccurrence(encode: Callable, x_RSD, valid_RS, block_len: int = 256,

@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from jaxcode import parallel
 from jaxcode.estimators import graph, multifractal as mf
-from jaxcode.errors import ConfigError
+from jaxcode.errors import ConfigError, positive_int
 
 MODES = ("paper", "multihop")
 
@@ -119,8 +119,7 @@ def sample_indices(widths: Sequence[int], S: int | None, seed: int) -> list[np.n
   for l, w in enumerate(widths):
     if S > w:
       raise ConfigError(f"S={S}: larger than layer {l} of width {w}, expected S <= {min(widths)}")
-  if S < 1:
-    raise ConfigError(f"S={S}: expected a positive sample size")
+  positive_int("S", S)
   rng = np.random.default_rng(seed)
   return [np.sort(rng.choice(w, S, replace=False)) for w in widths]
 
@@ -374,8 +373,7 @@ def lm_sample(d_model: int, d_mlp: int, n_blocks: int, S: int, seed: int) -> lis
   the head indices h (the released code's nums2 from nums3); S of d_model for x, heads
   and attn_out, 2S of d_mlp for the MLP hidden layer, all seeded.
   """
-  if S < 1:
-    raise ConfigError(f"S={S}: expected a positive sample size")
+  positive_int("S", S)
   if S > d_model:
     raise ConfigError(f"S={S}: larger than a layer of width d_model={d_model}, expected S <= {d_model}")
   if 2 * S > d_mlp:

@@ -13,13 +13,11 @@ All sums run over the WHOLE evaluation set (float64 on the host) before any rati
   a histogram of log10 density over the latents that fire;
 * decoder max-cosine statistics: for every decoder row, the largest cosine with another row.
 
-Figures (matplotlib, Agg): the density histogram and L0 against explained variance for a sweep.
-The spliced language-model metrics come later through ``evaluate_sae`` (``extra`` hook).
+Figures of these metrics are drawn in jaxcode.report.sae. The spliced language-model metrics come later through ``evaluate_sae`` (``extra`` hook).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import jax
@@ -136,51 +134,3 @@ def summary(metrics: dict) -> dict:
   if dmc is not None:
     out["decoder_max_cosine"] = {k: v for k, v in dmc.items() if k != "per_latent"}
   return out
-
-
-# ------------------------------------------------------------------ figures
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _save(fig, path):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  os.replace(tmp, path)
-
-
-def plot_density_histogram(metrics_list: list[dict], labels: list[str], path: str) -> str:
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5, 3.2))
-  for m, lab in zip(metrics_list, labels):
-    h = m["log10_density_hist"]
-    e = np.asarray(h["edges"])
-    ax.step(0.5 * (e[1:] + e[:-1]), h["counts"], where="mid",
-            label=f"{lab} (dead {m['dead_fraction']:.1%})")
-  ax.set_xlabel("log10 feature density")
-  ax.set_ylabel("latents")
-  ax.legend(fontsize=7)
-  _save(fig, path)
-  plt.close(fig)
-  return path
-
-
-def plot_l0_vs_ev(metrics_list: list[dict], labels: list[str], path: str) -> str:
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(4.5, 3.2))
-  l0 = [m["l0"] for m in metrics_list]
-  ev = [m["explained_variance"] for m in metrics_list]
-  ax.plot(l0, ev, "o-")
-  for x, y, lab in zip(l0, ev, labels):
-    ax.annotate(lab, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-  ax.set_xscale("log")
-  ax.set_xlabel("L0 (active latents / token)")
-  ax.set_ylabel("explained variance")
-  _save(fig, path)
-  plt.close(fig)
-  return path

@@ -14,7 +14,9 @@ same settings keeps every chunk whose files match their checksums and recomputes
 rest, so an interrupted extraction finishes where it stopped and a truncated or corrupt
 chunk is redone. The reader checks each file against the manifest's sha256 the first time
 this process reads it (later reads, by any reader, skip the hash): a damaged file is a
-one-line ConfigError naming it, never silently wrong activations.
+one-line ConfigError naming it, never silently wrong activations. `write_arrays` writes a
+cache of activations already in memory (no model). This is the one on-disk activation format
+(SAE training reads it through jaxcode.data.sources.ActivationCacheSource).
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ _STORED = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
 def hook_dir(hookpoint: str) -> str:
+  """The folder of a hookpoint's chunks inside a cache."""
   return hookpoint.replace("/", "_")
 
 
 def sha256_file(path: str) -> str:
+  """The hex sha256 of a file's bytes."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -56,6 +60,7 @@ def sha256_file(path: str) -> str:
 
 
 def corpus_fingerprint(packed: Packed) -> str:
+  """The sha256 of the packed token ids, masks and special flags (which corpus was cached)."""
   h = hashlib.sha256()
   for a in (packed.input_ids, packed.attention_mask, packed.special):
     h.update(np.ascontiguousarray(a).tobytes())
@@ -76,6 +81,7 @@ def _write_manifest(out_dir: str, manifest: dict) -> None:
 
 
 def read_manifest(out_dir: str) -> dict | None:
+  """The cache's manifest, None when there is none; unreadable is a ConfigError."""
   path = os.path.join(out_dir, MANIFEST)
   if not os.path.isfile(path):
     return None
@@ -152,85 +158,33 @@ def _check_same(old: dict, new: dict, out_dir: str) -> None:
 def extract(lm, packed: Packed, hookpoints: Sequence[str], out_dir: str, *,
             batch_size: int = 32, rows_per_chunk: int = 256, dtype: str = "float32",
             drop_special: bool = True, model_name: str | None = None,
-            max_new_chunks: int | None = None, progress: bool = True) -> dict:
+            revision: str | None = None, max_new_chunks: int | None = None,
+            progress: bool = True) -> dict:
   """Runs `lm` over the packed corpus and caches the hookpoints; returns a summary.
 
-  max_new_chunks stops after computing that many chunks (an interruption, for tests and
-  time-limited jobs); rerunning continues.
+  `revision` (default: the loaded model's) is recorded in the manifest. max_new_chunks stops
+  after computing that many chunks (an interruption, for tests and time-limited jobs);
+  rerunning continues.
   """
   hookpoints = list(hookpoints)
-  lm.forward_fn(tuple(hookpoints))  # validates hookpoint names before any compute
-  if dtype not in DTYPES:
-    raise ConfigError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
-  if batch_size < 1 or rows_per_chunk < 1 or rows_per_chunk % batch_size:
-    raise ConfigError(f"rows_per_chunk={rows_per_chunk}, batch_size={batch_size}: expected "
-                      "positive sizes with rows_per_chunk a multiple of batch_size")
-  n_rows, seq_len = packed.input_ids.shape
-  settings = dict(version=VERSION, model=model_name or lm.model_dir, revision=lm.revision,
-                  hookpoints=hookpoints, dtype=dtype, seq_len=int(seq_len),
-                  rows_per_chunk=rows_per_chunk, drop_special=drop_special,
-                  corpus_fingerprint=corpus_fingerprint(packed), n_rows=int(n_rows),
-                  widths={h: lm.hookpoint_width(h) for h in hookpoints},
-                  doc_ids=packed.doc_ids, sources=packed.sources)
-  os.makedirs(out_dir, exist_ok=True)
-  old = read_manifest(out_dir)
-  if old is not None:
-    _check_same(old, settings, out_dir)
-  done = {e["index"]: e for e in (old or {}).get("chunks", []) if _chunk_ok(out_dir, e)}
+  _check_extract_args(lm, hookpoints, dtype, batch_size, rows_per_chunk)
+  settings = _settings(lm, packed, hookpoints, dtype, rows_per_chunk, drop_special,
+                       model_name, lm.revision if revision is None else revision)
+  n_rows = settings["n_rows"]
   n_chunks = -(-n_rows // rows_per_chunk)
-  todo = [i for i in range(n_chunks) if i not in done]
-  if max_new_chunks is not None:
-    todo = todo[:max_new_chunks]
-  manifest = dict(settings, chunks=sorted(done.values(), key=lambda e: e["index"]))
-  manifest["complete"] = False
-  _write_manifest(out_dir, manifest)
-
-  keep_all = packed.attention_mask.astype(bool) & (~packed.special if drop_special else True)
-  cast = {h: DTYPES[dtype] for h in hookpoints}
-  bar = _progress(sum(int(keep_all[i * rows_per_chunk:(i + 1) * rows_per_chunk].sum())
+  manifest, done, todo = _resume(out_dir, settings, n_chunks, max_new_chunks)
+  keep_all_NT = packed.attention_mask.astype(bool) & (~packed.special if drop_special else True)
+  bar = _progress(sum(int(keep_all_NT[i * rows_per_chunk:(i + 1) * rows_per_chunk].sum())
                       for i in todo), progress)
   t0, tokens = time.perf_counter(), 0
   for i in todo:
     r0, r1 = i * rows_per_chunk, min((i + 1) * rows_per_chunk, n_rows)
-    acts = {h: [] for h in hookpoints}
-    pending = None
-    for b0 in range(r0, r1 + batch_size, batch_size):
-      # dispatch batch b0 before fetching the previous one, so the host copy overlaps compute
-      nxt = None
-      if b0 < r1:
-        ids, mask = _batch(packed, b0, min(b0 + batch_size, r1), batch_size)
-        nxt = (b0, min(b0 + batch_size, r1), _dispatch(lm, hookpoints, ids, mask, dtype))
-      if pending is not None:
-        p0, p1, out = pending
-        keep = keep_all[p0:p1]
-        for h in hookpoints:
-          a = np.asarray(out[h])[: p1 - p0]
-          acts[h].append(a[keep])
-      pending = nxt
-    keep = keep_all[r0:r1]
-    rows, cols = np.nonzero(keep)
-    tok = dict(token_ids=packed.input_ids[r0:r1][keep].astype(np.int32),
-               doc_index=packed.doc_index[r0:r1][keep].astype(np.int32),
-               row=(rows + r0).astype(np.int32), col=cols.astype(np.int32))
-    files = _chunk_files(i, hookpoints)
-    digests = {}
-    _atomic_write(os.path.join(out_dir, files["tokens"]), lambda f: np.savez(f, **tok))
-    for h in hookpoints:
-      arr = (np.concatenate(acts[h]) if acts[h] else
-             np.zeros((0, lm.hookpoint_width(h)), cast[h]))
-      arr = np.ascontiguousarray(arr.astype(cast[h]).view(_STORED[dtype]))
-      _atomic_write(os.path.join(out_dir, files[h]), lambda f: np.save(f, arr))
-    for rel in files.values():
-      path = os.path.join(out_dir, rel)
-      digests[rel] = sha256_file(path)
-      _VERIFIED.add((os.path.abspath(path), digests[rel]))   # just written: no rehash on read
-    faults.point("cache.chunk")     # crash tests: files written, manifest not yet
-    n = int(keep.sum())
-    done[i] = dict(index=i, rows=[r0, r1], n_tokens=n, sha256=digests)
+    acts = _forward_rows(lm, packed, hookpoints, r0, r1, batch_size, dtype, keep_all_NT)
+    done[i] = _write_chunk(out_dir, i, lm, packed, acts, r0, r1, keep_all_NT[r0:r1], dtype)
     manifest["chunks"] = sorted(done.values(), key=lambda e: e["index"])
     _write_manifest(out_dir, manifest)
-    tokens += n
-    bar.update(n)
+    tokens += done[i]["n_tokens"]
+    bar.update(done[i]["n_tokens"])
   bar.close()
   manifest["complete"] = len(done) == n_chunks
   manifest["n_tokens"] = sum(e["n_tokens"] for e in done.values())
@@ -238,6 +192,132 @@ def extract(lm, packed: Packed, hookpoints: Sequence[str], out_dir: str, *,
   dt = time.perf_counter() - t0
   return dict(computed=todo, kept=sorted(set(done) - set(todo)), complete=manifest["complete"],
               tokens=tokens, seconds=dt, tokens_per_s=tokens / dt if dt > 0 else float("nan"))
+
+
+def _check_extract_args(lm, hookpoints, dtype: str, batch_size: int, rows_per_chunk: int):
+  """Hookpoint names, cache dtype and sizes, checked before any compute."""
+  lm.forward_fn(tuple(hookpoints))  # validates hookpoint names before any compute
+  if dtype not in DTYPES:
+    raise ConfigError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+  if batch_size < 1 or rows_per_chunk < 1 or rows_per_chunk % batch_size:
+    raise ConfigError(f"rows_per_chunk={rows_per_chunk}, batch_size={batch_size}: expected "
+                      "positive sizes with rows_per_chunk a multiple of batch_size")
+
+
+def _settings(lm, packed: Packed, hookpoints, dtype, rows_per_chunk, drop_special, model_name,
+              revision) -> dict:
+  """The manifest's description of the cache (what a resumed run must agree with)."""
+  n_rows, seq_len = packed.input_ids.shape
+  return dict(version=VERSION, model=model_name or lm.model_dir, revision=revision,
+              hookpoints=hookpoints, dtype=dtype, seq_len=int(seq_len),
+              rows_per_chunk=rows_per_chunk, drop_special=drop_special,
+              corpus_fingerprint=corpus_fingerprint(packed), n_rows=int(n_rows),
+              widths={h: lm.hookpoint_width(h) for h in hookpoints},
+              doc_ids=packed.doc_ids, sources=packed.sources)
+
+
+def _resume(out_dir: str, settings: dict, n_chunks: int, max_new_chunks: int | None):
+  """(manifest, intact chunks by index, indices to compute) of a new or partial cache; the
+  manifest is rewritten as incomplete, listing the intact chunks only."""
+  os.makedirs(out_dir, exist_ok=True)
+  old = read_manifest(out_dir)
+  if old is not None:
+    _check_same(old, settings, out_dir)
+  done = {e["index"]: e for e in (old or {}).get("chunks", []) if _chunk_ok(out_dir, e)}
+  todo = [i for i in range(n_chunks) if i not in done]
+  if max_new_chunks is not None:
+    todo = todo[:max_new_chunks]
+  manifest = dict(settings, chunks=sorted(done.values(), key=lambda e: e["index"]))
+  manifest["complete"] = False
+  _write_manifest(out_dir, manifest)
+  return manifest, done, todo
+
+
+def _forward_rows(lm, packed: Packed, hookpoints, r0: int, r1: int, batch_size: int,
+                  dtype: str, keep_all_NT) -> dict[str, list]:
+  """Activations of rows [r0, r1) at the kept positions, per hookpoint a list of [n, D]
+  blocks; batch b is dispatched before batch b-1 is fetched (host copy overlaps compute)."""
+  acts = {h: [] for h in hookpoints}
+  pending = None
+  for b0 in range(r0, r1 + batch_size, batch_size):
+    nxt = None
+    if b0 < r1:
+      ids_BT, mask_BT = _batch(packed, b0, min(b0 + batch_size, r1), batch_size)
+      nxt = (b0, min(b0 + batch_size, r1), _dispatch(lm, hookpoints, ids_BT, mask_BT, dtype))
+    if pending is not None:
+      p0, p1, out = pending
+      keep = keep_all_NT[p0:p1]
+      for h in hookpoints:
+        a = np.asarray(out[h])[: p1 - p0]
+        acts[h].append(a[keep])
+    pending = nxt
+  return acts
+
+
+def _write_chunk(out_dir: str, i: int, lm, packed: Packed, acts: dict, r0: int, r1: int,
+                 keep_RT, dtype: str) -> dict:
+  """Writes chunk i's token file and activation files (atomically); returns its manifest
+  entry (rows, token count, sha256 of every file)."""
+  hookpoints = list(acts)
+  rows, cols = np.nonzero(keep_RT)
+  tok = dict(token_ids=packed.input_ids[r0:r1][keep_RT].astype(np.int32),
+             doc_index=packed.doc_index[r0:r1][keep_RT].astype(np.int32),
+             row=(rows + r0).astype(np.int32), col=cols.astype(np.int32))
+  files = _chunk_files(i, hookpoints)
+  _atomic_write(os.path.join(out_dir, files["tokens"]), lambda f: np.savez(f, **tok))
+  cast = DTYPES[dtype]
+  for h in hookpoints:
+    arr = (np.concatenate(acts[h]) if acts[h] else
+           np.zeros((0, lm.hookpoint_width(h)), cast))
+    arr = np.ascontiguousarray(arr.astype(cast).view(_STORED[dtype]))
+    _atomic_write(os.path.join(out_dir, files[h]), lambda f: np.save(f, arr))
+  digests = _record_digests(out_dir, files)
+  faults.point("cache.chunk")     # crash tests: files written, manifest not yet
+  return dict(index=i, rows=[r0, r1], n_tokens=int(keep_RT.sum()), sha256=digests)
+
+
+def _record_digests(out_dir: str, files: dict[str, str]) -> dict[str, str]:
+  """sha256 of each just-written file, recorded as verified (no rehash on read)."""
+  digests = {}
+  for rel in files.values():
+    path = os.path.join(out_dir, rel)
+    digests[rel] = sha256_file(path)
+    _VERIFIED.add((os.path.abspath(path), digests[rel]))
+  return digests
+
+
+def write_arrays(out_dir: str, acts_ND: dict[str, np.ndarray], tokens_per_chunk: int,
+                 model: str = "arrays") -> str:
+  """A complete cache of activations held in memory ({hookpoint: [N, D]}, one N for all;
+  no model, no corpus: token files record row = token index, col 0, ids and documents -1),
+  in the layout `extract` writes: for tests and callers that have activations already."""
+  hookpoints = list(acts_ND)
+  n = {int(np.shape(a)[0]) for a in acts_ND.values()}
+  if len(n) != 1 or tokens_per_chunk < 1:
+    raise ConfigError(f"write_arrays: expected one row count for all hookpoints and "
+                      f"tokens_per_chunk >= 1, got {sorted(n)} and {tokens_per_chunk}")
+  n_tok = n.pop()
+  dtype = str(np.asarray(next(iter(acts_ND.values()))).dtype)
+  if dtype not in DTYPES:
+    raise ConfigError(f"write_arrays: dtype {dtype}: expected one of {sorted(DTYPES)}")
+  chunks = []
+  for i, t0 in enumerate(range(0, n_tok, tokens_per_chunk)):
+    t1 = min(t0 + tokens_per_chunk, n_tok)
+    files = _chunk_files(i, hookpoints)
+    idx = np.arange(t0, t1, dtype=np.int32)
+    tok = dict(token_ids=np.full(t1 - t0, -1, np.int32), doc_index=np.full(t1 - t0, -1, np.int32),
+               row=idx, col=np.zeros(t1 - t0, np.int32))
+    _atomic_write(os.path.join(out_dir, files["tokens"]), lambda f: np.savez(f, **tok))
+    for h in hookpoints:
+      arr = np.ascontiguousarray(np.asarray(acts_ND[h][t0:t1]).view(_STORED[dtype]))
+      _atomic_write(os.path.join(out_dir, files[h]), lambda f: np.save(f, arr))
+    chunks.append(dict(index=i, rows=[t0, t1], n_tokens=t1 - t0,
+                       sha256=_record_digests(out_dir, files)))
+  _write_manifest(out_dir, dict(
+      version=VERSION, model=model, revision=None, hookpoints=hookpoints, dtype=dtype,
+      widths={h: int(np.shape(a)[1]) for h, a in acts_ND.items()}, complete=True,
+      n_tokens=n_tok, chunks=chunks))
+  return out_dir
 
 
 def _batch(packed: Packed, b0: int, b1: int, batch_size: int):

@@ -1,15 +1,12 @@
 """Activation sources for SAE training: batches as pure functions of (seed, step).
 
-Three implementations of one interface (``ActivationSource``):
+Implementations of one interface (``ActivationSource``); ``kind`` names each in results:
 
-* ``ArraySource``     an in-memory array [N, D];
-* ``ChunkedSource``   an on-disk store of ``.npy`` chunks described by ``manifest.json``
-                      (``{"d_in": D, "dtype": "float32", "chunks": [{"file": "c0.npy",
-                      "rows": n0}, ...]}``); chunks are memory-mapped, so only the rows of a
-                      batch are read; ``write_chunked`` writes such a store;
+* ``ArraySource``     an in-memory array [N, D] (data.kind='array_npy': read from a .npy file);
 * ``SyntheticSource`` a planted sparse dictionary (``jaxcode.data.synthetic``);
-* ``ActivationCacheSource`` one hookpoint of the transformer activation cache
-                      (``jaxcode.data.activations.ActivationCache``; bf16 read as float32);
+* ``ActivationCacheSource`` one hookpoint of the activation cache, the one on-disk format
+                      (``jaxcode.data.activations.ActivationCache``; bf16 read as float32;
+                      chunks are memory-mapped, so only the rows of a batch are read);
 * ``LMSource``        one hookpoint computed on the fly by a language model over packed
                       token rows (no disk cache; a sweep of SAEs shares every forward).
 
@@ -19,20 +16,17 @@ a resumed run reads exactly the rows the uninterrupted run would have read.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from jaxcode.data.synthetic import PlantedDictionary
 from jaxcode.errors import ConfigError
 
-MANIFEST = "manifest.json"
-
-
 class ActivationSource(Protocol):
   d_in: int
+  kind: str       # what results and exports record as the data ('synthetic', 'lm', ...)
 
   def batch(self, step: int, batch_size: int) -> np.ndarray:
     """Rows [batch_size, d_in] (float32) of training step `step`; pure in (seed, step)."""
@@ -82,87 +76,26 @@ class _StoredSource:
 
 
 class ArraySource(_StoredSource):
+  """Rows of an in-memory array [N, D] (float32)."""
+  kind = "array"
+
   def __init__(self, x_ND: np.ndarray, seed: int = 0):
     x = np.asarray(x_ND, np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
       raise ConfigError(f"ArraySource: expected a non-empty [N, D] array, got shape {x.shape}")
-    self.x, self.seed, self.d_in = x, int(seed), x.shape[1]
+    self.x_ND, self.seed, self.d_in = x, int(seed), x.shape[1]
 
   @property
   def n_rows(self):
-    return len(self.x)
+    return len(self.x_ND)
 
   def rows_at(self, idx):
-    return self.x[idx]
-
-
-def write_chunked(directory: str, chunks, extra: dict | None = None) -> str:
-  """Writes arrays as chunk_00000.npy ... plus manifest.json (each file via a temp rename)."""
-  os.makedirs(directory, exist_ok=True)
-  entries, d_in, dtype = [], None, None
-  for i, c in enumerate(chunks):
-    c = np.asarray(c)
-    if c.ndim != 2 or (d_in is not None and c.shape[1] != d_in):
-      raise ConfigError(f"chunk {i} has shape {c.shape}: expected [rows, {d_in or 'D'}]")
-    d_in, dtype = c.shape[1], str(c.dtype)
-    name = f"chunk_{i:05d}.npy"
-    tmp = os.path.join(directory, name + ".tmp.npy")
-    np.save(tmp, c)
-    os.replace(tmp, os.path.join(directory, name))
-    entries.append({"file": name, "rows": int(c.shape[0])})
-  manifest = {"d_in": d_in, "dtype": dtype, "chunks": entries, **(extra or {})}
-  tmp = os.path.join(directory, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(tmp, os.path.join(directory, MANIFEST))
-  return directory
-
-
-class ChunkedSource(_StoredSource):
-  """Reads a chunked .npy store lazily (memory maps); rows are drawn across chunks."""
-
-  def __init__(self, directory: str, seed: int = 0):
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
-      raise ConfigError(f"activation store {directory!r}: no {MANIFEST} found")
-    with open(path) as f:
-      man = json.load(f)
-    self.manifest, self.seed = man, int(seed)
-    self.files = [os.path.join(directory, c["file"]) for c in man["chunks"]]
-    self.rows = np.asarray([int(c["rows"]) for c in man["chunks"]], np.int64)
-    if len(self.rows) == 0 or self.rows.sum() == 0:
-      raise ConfigError(f"activation store {directory!r}: manifest lists no rows")
-    self.offsets = np.concatenate([[0], np.cumsum(self.rows)])
-    self.d_in = int(man["d_in"])
-    self._maps = [None] * len(self.files)
-
-  def _chunk(self, i):
-    if self._maps[i] is None:
-      m = np.load(self.files[i], mmap_mode="r")
-      if m.shape != (self.rows[i], self.d_in):
-        raise ConfigError(f"{self.files[i]}: shape {m.shape}, manifest says "
-                          f"{(int(self.rows[i]), self.d_in)}")
-      self._maps[i] = m
-    return self._maps[i]
-
-  def rows_at(self, idx: np.ndarray) -> np.ndarray:
-    idx = np.asarray(idx, np.int64)
-    out = np.empty((len(idx), self.d_in), np.float32)
-    which = np.searchsorted(self.offsets, idx, side="right") - 1
-    for c in np.unique(which):
-      sel = np.nonzero(which == c)[0]
-      local = idx[sel] - self.offsets[c]
-      order = np.argsort(local)
-      out[sel[order]] = self._chunk(c)[local[order]]
-    return out
-
-  @property
-  def n_rows(self):
-    return int(self.offsets[-1])
+    return self.x_ND[idx]
 
 
 class SyntheticSource:
   """Planted-dictionary activations; `planted` holds the ground truth."""
+  kind = "synthetic"
 
   def __init__(self, planted: PlantedDictionary, seed: int = 0):
     self.planted, self.seed, self.d_in = planted, int(seed), planted.d_in
@@ -181,6 +114,7 @@ class ActivationCacheSource(_StoredSource):
   """Rows of one hookpoint of a complete activation cache, drawn across its chunks; read
   through ActivationCache.get, so each chunk file is checked against the manifest's sha256
   on its first read (a corrupt or truncated one is a ConfigError naming it)."""
+  kind = "activation_cache"
 
   def __init__(self, path: str, hookpoint: str, seed: int = 0):
     from jaxcode.data.activations import ActivationCache
@@ -214,6 +148,7 @@ class LMSource:
   compiled shape); a batch needs ceil(batch_size / T) rows when every position is valid, more
   when rows are padded.  A sweep of SAEs trained at once shares each forward pass.
   """
+  kind = "lm"
 
   def __init__(self, lm, input_ids, attention_mask=None, hookpoint: str = "", seed: int = 0,
                rows_per_forward: int = 0):
@@ -266,7 +201,7 @@ class LMSource:
     return self._tokens([int(seed), 0x5B], stream, n)
 
 
-KINDS = ("synthetic", "array_npy", "chunked", "activation_cache", "lm")
+KINDS = ("synthetic", "array_npy", "activation_cache", "lm")
 
 
 def _read_npy(path: str) -> np.ndarray:
@@ -287,8 +222,11 @@ def _read_npy(path: str) -> np.ndarray:
   return x
 
 
-def from_config(cfg) -> ActivationSource:
-  """Source from a config with `kind` in KINDS and its fields (path, hookpoint, seed ...)."""
+def from_config(cfg, load_lm: Callable | None = None) -> ActivationSource:
+  """Source from a config with `kind` in KINDS and its fields (path, hookpoint, seed ...);
+  kind 'lm' loads the model `path` with `load_lm(path)` (default: a local directory or Hub
+  id through jaxcode.models.lm.load_pretrained; the experiments pass the pipeline's loader,
+  which also knows the model aliases)."""
   kind = cfg.kind
   if kind == "synthetic":
     return SyntheticSource(PlantedDictionary(
@@ -296,21 +234,18 @@ def from_config(cfg) -> ActivationSource:
         alpha=float(cfg.alpha), seed=int(cfg.dict_seed)), seed=int(cfg.seed))
   if kind == "array_npy":
     return ArraySource(_read_npy(str(cfg.path)), seed=int(cfg.seed))
-  if kind == "chunked":
-    return ChunkedSource(cfg.path, seed=int(cfg.seed))
   if kind == "activation_cache":
     return ActivationCacheSource(cfg.path, cfg.get("hookpoint", ""), seed=int(cfg.seed))
   if kind == "lm":
-    return lm_source_from_config(cfg)
+    return lm_source_from_config(cfg, load_lm)
   raise ConfigError(f"data.kind={kind!r}: expected one of {KINDS}")
 
 
-def lm_source_from_config(cfg) -> LMSource:
+def lm_source_from_config(cfg, load_lm: Callable | None = None) -> LMSource:
   """data.kind='lm': model `path` (directory or Hub id), `hookpoint`, `corpus` ('' = the
   embedded default corpus, else a corpus spec for jaxcode.data.corpus.load_corpus) packed
   into rows of `seq_len` tokens."""
   from jaxcode.data import corpus as corpus_lib
-  from jaxcode.models.lm import load_pretrained
   if not cfg.get("path", ""):
     raise ConfigError("data.kind='lm' needs data.path: a model directory or Hub id")
   if not cfg.get("hookpoint", ""):
@@ -318,7 +253,9 @@ def lm_source_from_config(cfg) -> LMSource:
   seq_len = int(cfg.get("seq_len", 128))
   if seq_len < 2:
     raise ConfigError(f"data.seq_len={seq_len}: expected at least 2")
-  lm = load_pretrained(cfg.path)
+  if load_lm is None:
+    from jaxcode.models.lm import load_pretrained as load_lm
+  lm = load_lm(cfg.path)
   spec = cfg.get("corpus", "")
   docs = corpus_lib.load_corpus(spec) if spec else corpus_lib.default_corpus()
   packed = corpus_lib.pack(docs, lm.tokenizer, seq_len)

@@ -5,15 +5,13 @@ models/wide.py by Langevin dynamics (train/langevin.py as the shared loop's
 optax transformation), once per nonlinearity in config.nonlinearities, each in
 workdir/<nonlinearity>/ (checkpoints, metrics.jsonl; rerunning resumes), then
 analyses the stored samples (analysis/coding_schemes.py) and writes
-workdir/results.json and workdir/figures/*.png.
+workdir/results.json and workdir/figures/*.png (report/coding_schemes.py).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,123 +142,77 @@ def sample(spec, data, cfg, nonlinearity, workdir, mesh=None, check=None):
 
 # ------------------------------------------------------------ analysis of samples
 
-def analyse(spec, data, samples, beta: float, n_rhat_inputs: int = 8) -> tuple[dict, dict]:
-  """Statistics, errors and the GP comparison from samples with leading axes (S, C)."""
+def _pass_over_samples(spec, data, samples, n_rhat_inputs: int) -> dict:
+  """One forward pass per stored sample (all chains at once): per-(sample, chain) scheme
+  statistics and NC1, and the sums the posterior means, variances and kernel need."""
   m = data.n_classes
   fwd = jax.jit(lambda p, x: wide.apply_chains(spec, p, x))
-  n_s = jax.tree.leaves(samples)[0].shape[0]
-  stats, nc1, obs = [], [], []
-  f_te_sum = f2_te_sum = f_tr_sum = k_tr_sum = 0.0
-  mse_tr = []
-  for s in range(n_s):
+  acc = {"stats": [], "nc1": [], "obs": [], "mse_tr": [], "f_te": 0.0, "f2_te": 0.0,
+         "f_tr": 0.0, "k_tr": 0.0, "n": 0}
+  for s in range(jax.tree.leaves(samples)[0].shape[0]):
     p_s = jax.tree.map(lambda v: jnp.asarray(v[s]), samples)
     f_tr, h_tr = jax.device_get(fwd(p_s, data.x_train))
     f_te, _ = jax.device_get(fwd(p_s, data.x_test))
     feat = np.asarray(h_tr[-1], np.float64)                 # C x P x N
     a = np.asarray(p_s["a"])
     for c in range(a.shape[0]):
-      stats.append(cs.scheme_statistics(a[c], feat[c], data.labels_train, m))
-      nc1.append(cs.neural_collapse(feat[c], data.labels_train, m))
-    f_te_sum = f_te_sum + f_te.sum(0)
-    f2_te_sum = f2_te_sum + (f_te ** 2).sum(0)
-    f_tr_sum = f_tr_sum + f_tr.sum(0)
-    k_tr_sum = k_tr_sum + np.einsum("cpn,cqn->pq", feat, feat) / feat.shape[2]
-    mse_tr.append(((f_tr - data.y_train[None]) ** 2).sum(2).mean(1))
-    obs.append(f_te[:, :n_rhat_inputs].reshape(f_te.shape[0], -1))
-  n_tot = n_s * a.shape[0]
-  f_te_mean, f_tr_mean = f_te_sum / n_tot, f_tr_sum / n_tot
-  f_te_var = (f2_te_sum / n_tot - f_te_mean ** 2).sum(1)
-  avg = cs.average_statistics(stats)
-  scheme = cs.classify(avg)
+      acc["stats"].append(cs.scheme_statistics(a[c], feat[c], data.labels_train, m))
+      acc["nc1"].append(cs.neural_collapse(feat[c], data.labels_train, m))
+    acc["f_te"] = acc["f_te"] + f_te.sum(0)
+    acc["f2_te"] = acc["f2_te"] + (f_te ** 2).sum(0)
+    acc["f_tr"] = acc["f_tr"] + f_tr.sum(0)
+    acc["k_tr"] = acc["k_tr"] + np.einsum("cpn,cqn->pq", feat, feat) / feat.shape[2]
+    acc["mse_tr"].append(((f_tr - data.y_train[None]) ** 2).sum(2).mean(1))
+    acc["obs"].append(f_te[:, :n_rhat_inputs].reshape(f_te.shape[0], -1))
+    acc["n"] += a.shape[0]
+  acc["feat_last"], acc["chains"] = feat[0], a.shape[0]
+  return acc
 
-  k_gp_tr = cs.nngp_feature_kernel(data.x_train, data.x_train, spec.nonlinearity, spec.depth,
-                                   spec.w_var)
-  k_gp_te = cs.nngp_feature_kernel(data.x_test, data.x_train, spec.nonlinearity, spec.depth,
-                                   spec.w_var)
-  k_gp_diag = np.array([cs.nngp_feature_kernel(x[None], x[None], spec.nonlinearity, spec.depth,
-                                               spec.w_var)[0, 0] for x in data.x_test])
-  gp_mean, gp_var = cs.gp_predictor(k_gp_tr, k_gp_te, k_gp_diag, data.y_train,
-                                    spec.readout_variance, beta)
-  net_err = cs.per_class_errors(f_te_mean, f_te_var, data.y_test, data.labels_test, m)
-  gp_err = cs.per_class_errors(gp_mean, m * gp_var, data.y_test, data.labels_test, m)
+
+def _gp_comparison(spec, data, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(NNGP train kernel, GP posterior mean and variance on the test inputs)."""
+  kern = lambda x1, x2: cs.nngp_feature_kernel(x1, x2, spec.nonlinearity, spec.depth, spec.w_var)
+  k_gp_tr = kern(data.x_train, data.x_train)
+  k_gp_diag = np.array([kern(x[None], x[None])[0, 0] for x in data.x_test])
+  gp_mean, gp_var = cs.gp_predictor(k_gp_tr, kern(data.x_test, data.x_train), k_gp_diag,
+                                    data.y_train, spec.readout_variance, beta)
+  return k_gp_tr, gp_mean, gp_var
+
+
+def analyse(spec, data, samples, beta: float, n_rhat_inputs: int = 8) -> tuple[dict, dict]:
+  """Statistics, errors and the GP comparison from samples with leading axes (S, C);
+  returns (numbers for results.json, figure data for jaxcode.report.coding_schemes)."""
+  m = data.n_classes
+  acc = _pass_over_samples(spec, data, samples, n_rhat_inputs)
+  n_s, n_tot = len(acc["obs"]), acc["n"]
+  f_te_mean, f_tr_mean = acc["f_te"] / n_tot, acc["f_tr"] / n_tot
+  f_te_var = (acc["f2_te"] / n_tot - f_te_mean ** 2).sum(1)
+  avg = cs.average_statistics(acc["stats"])
+  k_gp_tr, gp_mean, gp_var = _gp_comparison(spec, data, beta)
   sem = np.sqrt(f_te_var / m / max(n_tot - 1, 1)).mean()
-  r = lg.rhat(np.stack(obs)) if n_s > 1 and a.shape[0] > 1 else np.array([np.nan])
+  r = (lg.rhat(np.stack(acc["obs"])) if n_s > 1 and acc["chains"] > 1
+       else np.array([np.nan]))
   result = {
-      "scheme": scheme,
+      "scheme": cs.classify(avg),
       "statistics": avg,
       "criteria": cs.criteria(),
-      "train": {"mse_of_samples": float(np.mean(mse_tr)),
+      "train": {"mse_of_samples": float(np.mean(acc["mse_tr"])),
                 "mse_of_mean_predictor": float(((f_tr_mean - data.y_train) ** 2).sum(1).mean()),
                 "class_error_of_mean_predictor":
                     float(np.mean(f_tr_mean.argmax(1) != data.labels_train))},
-      "test": net_err,
-      "gp": {"test": gp_err,
+      "test": cs.per_class_errors(f_te_mean, f_te_var, data.y_test, data.labels_test, m),
+      "gp": {"test": cs.per_class_errors(gp_mean, m * gp_var, data.y_test, data.labels_test, m),
              "mean_predictor_rms_difference": float(np.sqrt(((f_te_mean - gp_mean) ** 2).mean())),
              "mean_predictor_rms_sem": float(sem)},
-      "neural_collapse_nc1": float(np.mean(nc1)),
+      "neural_collapse_nc1": float(np.mean(acc["nc1"])),
       "rhat_test_outputs": {"max": float(np.nanmax(r)), "median": float(np.nanmedian(r))},
       "n_samples": int(n_tot),
   }
   figs = {"a_last": np.asarray(samples["a"][-1, 0]), "a_all": np.asarray(samples["a"]),
-          "feat_last": feat[0], "kernel": k_tr_sum / n_tot, "kernel_gp": k_gp_tr,
+          "feat_last": acc["feat_last"], "kernel": acc["k_tr"] / n_tot, "kernel_gp": k_gp_tr,
           "codes": avg["code_histogram"], "labels": data.labels_train,
           "f_te_mean": f_te_mean, "gp_mean": gp_mean}
   return result, figs
-
-
-# ------------------------------------------------------------ figures
-
-def write_figures(figdir: str, nl: str, fig: dict[str, Any]) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  os.makedirs(figdir, exist_ok=True)
-  out = []
-
-  def save(f, name):
-    path = os.path.join(figdir, f"{nl}_{name}.png")
-    tmp = path + ".tmp.png"
-    f.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(f)
-    os.replace(tmp, path)
-    out.append(path)
-
-  a = fig["a_all"].reshape(-1, fig["a_all"].shape[-1])
-  m = a.shape[1]
-  cols = min(m, 10)
-  f, axes = plt.subplots(1, cols, figsize=(2.2 * cols, 2.2), squeeze=False)
-  for k in range(cols):
-    axes[0, k].hist(a[:, k], bins=60, color="C0", log=True)   # log counts: outliers visible
-    axes[0, k].set_title(f"class {k}: a_ik", fontsize=8)
-  f.suptitle(f"{nl}: readout weights, all posterior samples", y=1.08)
-  save(f, "readouts")
-
-  order = np.argsort(fig["labels"], kind="stable")
-  feat = fig["feat_last"][order]
-  top = np.argsort(-np.sqrt((feat ** 2).mean(0)) * np.linalg.norm(fig["a_last"], axis=1))[:20]
-  f, ax = plt.subplots(figsize=(6, 3))
-  ax.imshow(feat[:, top].T, aspect="auto", cmap="RdBu_r" if nl != "relu" else "viridis")
-  ax.set_xlabel("training input (sorted by class)")
-  ax.set_ylabel("neuron (top 20)")
-  ax.set_title(f"{nl}: activations of the most active neurons (one sample)")
-  save(f, "activations")
-
-  f, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-  for ax, k, t in ((axes[0], fig["kernel"], "posterior-averaged kernel"),
-                   (axes[1], fig["kernel_gp"], "NNGP kernel (lazy)")):
-    im = ax.imshow(k[np.ix_(order, order)], cmap="viridis")
-    ax.set_title(f"{nl}: {t}", fontsize=9)
-    plt.colorbar(im, ax=ax, fraction=0.046)
-  save(f, "kernels")
-
-  codes = list(fig["codes"].items())[:16]
-  f, ax = plt.subplots(figsize=(6, 2.8))
-  ax.bar(range(len(codes)), [v for _, v in codes])
-  ax.set_xticks(range(len(codes)), [c for c, _ in codes], rotation=90, fontsize=7)
-  ax.set_ylabel("neurons (summed over samples)")
-  ax.set_title(f"{nl}: coding scheme")
-  save(f, "codes")
-  return out
 
 
 # ------------------------------------------------------------ run
@@ -272,6 +224,7 @@ def run(cfg, workdir: str, mesh=None) -> dict:
 
 
 def _run(cfg, workdir: str, mesh=None) -> dict:
+  from jaxcode.report import coding_schemes as report
   validate(cfg)
   data = tasks.task_from_config(cfg.data)
   specs = {nl: wide.spec_from_config(cfg.model, data.x_train.shape[1], data.n_classes,
@@ -288,7 +241,7 @@ def _run(cfg, workdir: str, mesh=None) -> dict:
     result["eta_lambda_max_at_prior_draw"] = check
     result["final_train_mse_per_chain"] = np.asarray(metrics.get("train_mse", [])).tolist()
     result["readout_prior_variance"] = spec.readout_variance
-    result["figures"] = write_figures(os.path.join(workdir, "figures"), nl, figs)
+    result["figures"] = report.write_all({nl: figs}, os.path.join(workdir, "figures"))
     out["results"][nl] = result
   workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -1,9 +1,13 @@
 """The geometry of SAE concepts: crystals, lobes and galaxy on a language model's SAEs.
 
-run(config, workdir) writes workdir/{config.json, cache/ (activation cache), sae/layer_<i>/
-(one SAE experiment per layer, unless config.sae_paths gives exported SAEs), results.json,
-figures/*.png}. Rerunning resumes: the activation cache keeps complete chunks and each SAE
-run resumes from its checkpoints.
+run(config, workdir) composes stages into workdir/{config.json, cache/ (activation cache),
+sae/layer_<i>/ (jaxcode.pipeline.sae, one SAE per layer whose config.sae_paths entry is '' or
+absent), lobes/layer_<i>/ (jaxcode.pipeline.lobes), results.json, figures/*.png}. Rerunning
+resumes: the activation cache keeps complete chunks, each SAE resumes from its checkpoints,
+complete SAE and lobes stages are reused.
+
+config.sae_paths: one SAE export path per analysed layer, in the order of config.layers, ''
+for none (that layer's SAE is trained); empty: every layer's SAE is trained.
 """
 
 from __future__ import annotations
@@ -13,21 +17,25 @@ import os
 import time
 
 import numpy as np
-from ml_collections import ConfigDict
 
-from jaxcode.analysis import concept_geometry as cg
-from jaxcode.data import activations, corpus
+from jaxcode import parallel
 from jaxcode import workdir as workdir_lib
+from jaxcode.analysis import concept_geometry as cg
+from jaxcode.data import activations, corpus, sources
+from jaxcode.errors import ConfigError, positive_int
 from jaxcode.models import sae_io
-from jaxcode.errors import ConfigError
+from jaxcode.pipeline import lobes as lobes_stage
+from jaxcode.pipeline import model as model_lib
+from jaxcode.pipeline import sae as sae_stage
+# the atlas's import until it calls jaxcode.pipeline.lobes itself
 
 SOURCES = ("resid", "sae")
 
 
 # ------------------------------------------------------------------ validation
 
-def _check_layers(config, n_layers: int | None = None):
-  layers = [int(l) for l in config.layers]
+def _check_layers(config, n_layers: int | None = None) -> list[int]:
+  layers = [positive_int(f"layers[{i}]", l, low=0) for i, l in enumerate(config.layers)]
   if not layers or len(set(layers)) != len(layers):
     raise ConfigError(f"layers={list(config.layers)}: expected distinct block indices")
   if n_layers is not None and max(layers) >= n_layers:
@@ -36,29 +44,41 @@ def _check_layers(config, n_layers: int | None = None):
                      ("lobes.layers", [int(l) for l in config.lobes.layers])):
     if any(l not in layers for l in want):
       raise ConfigError(f"{name}={want}: expected layers among config.layers={layers}")
-  if config.sae_paths and len(config.sae_paths) != len(layers):
-    raise ConfigError(f"sae_paths has {len(config.sae_paths)} entries: expected one per layer "
-                      f"({len(layers)})")
   return layers
 
 
-def validate(config, workdir: str) -> list[int]:
-  """Checks that need nothing loaded."""
+def sae_paths(config, layers: list[int]) -> list[str]:
+  """One SAE export path per analysed layer, in the order of `layers`, '' for none (that
+  layer's SAE is trained); an empty config.sae_paths trains every layer's SAE."""
+  paths = [str(p) for p in config.sae_paths] or [""] * len(layers)
+  if len(paths) != len(layers):
+    raise ConfigError(f"sae_paths has {len(paths)} entries: expected one per layer "
+                      f"({len(layers)}: {layers}), '' for a layer whose SAE is trained")
+  for i, p in enumerate(paths):
+    if p and not os.path.exists(p):
+      raise ConfigError(f"sae_paths[{i}]={p!r} does not exist: expected a SAELens export "
+                        f"directory or a Gemma Scope params.npz")
+  return paths
+
+
+def validate(config, workdir: str) -> tuple[list[int], list[str]]:
+  """Checks that need nothing loaded; returns (layers, sae_paths)."""
   layers = _check_layers(config)
+  paths = sae_paths(config, layers)
   if config.crystals.source not in SOURCES:
     raise ConfigError(f"crystals.source={config.crystals.source!r}: expected one of {SOURCES}")
   for a in config.lobes.affinities:
     if a not in cg.AFFINITIES:
       raise ConfigError(f"lobes.affinities contains {a!r}: expected some of {cg.AFFINITIES}")
   cg.check_clusters(10 ** 9, config.lobes.cluster_counts)
-  cg.check_block_len(int(config.lobes.block_len), int(config.corpus.seq_len))
+  cg.check_block_len(config.lobes.block_len, int(config.corpus.seq_len), "lobes.block_len")
   if config.crystals.pairs_file and not os.path.exists(config.crystals.pairs_file):
     raise ConfigError(f"crystals.pairs_file={config.crystals.pairs_file!r} does not exist")
-  if not config.sae_paths:
-    from jaxcode.experiments import train_sae
-    train_sae.validate_settings(config.sae_train, where="sae_train.")
+  if not all(paths):
+    _validate_sae_train(config)
+  model_lib.resolve(config.model)                   # an unknown model: one line, nothing loaded
   workdir_lib.check_workdir(workdir)
-  return layers
+  return layers, paths
 
 
 def load_external_sae(path: str):
@@ -122,80 +142,145 @@ def check_pairs(pairs, tokenizer, strict: bool) -> tuple[dict, dict]:
 
 def word_embeddings(lm, words: list[str], hookpoint: str, batch: int = 64) -> dict:
   """The hookpoint's activation at each word's last token, the word alone in its input."""
+  _, suffix = corpus.special_affixes(lm.tokenizer)
   out = {}
   for i in range(0, len(words), batch):
     ws = words[i:i + batch]
-    ids, mask = lm.tokenize(ws)
-    acts = np.asarray(lm.apply(ids, mask, (hookpoint,))[hookpoint])
-    n_tok = [len(word_tokens(lm.tokenizer, w)) for w in ws]
-    _, suffix = corpus.special_affixes(lm.tokenizer)
-    last = mask.sum(1) - 1 - len(suffix)
+    ids_BS, mask_BS = lm.tokenize(ws)
+    acts_BSD = np.asarray(lm.apply(ids_BS, mask_BS, (hookpoint,))[hookpoint])
+    last_B = mask_BS.sum(1) - 1 - len(suffix)
     for j, w in enumerate(ws):
-      out[w] = acts[j, last[j]]
-      assert n_tok[j] >= 1
+      out[w] = acts_BSD[j, last_B[j]]
   return out
 
 
-# ------------------------------------------------------------------ activations
+# ------------------------------------------------------------------ stages
 
 def load_lm(config):
-  from jaxcode.models.lm import load_pretrained, minilm_path
-  path = minilm_path() if config.model == "minilm" else config.model
-  return load_pretrained(path)
+  """The config's model, resolved and loaded by jaxcode.pipeline.model."""
+  return model_lib.load(model_lib.resolve(config.model))
 
 
-def dense_layout(cache, hookpoint: str, n_rows: int, body: int, offset: int):
-  """[rows, body, D] activations of the kept tokens (the row's special prefix of `offset`
-  tokens removed, so blocks start at the first text token) and their mask."""
-  idx = np.arange(cache.n_tokens)
-  info = cache.token_info(idx)
-  col = info["col"] - offset
-  x = np.zeros((n_rows, body, cache.width(hookpoint)), np.float32)
-  x[info["row"], col] = cache.get(hookpoint, idx)
-  valid = np.zeros((n_rows, body), bool)
-  valid[info["row"], col] = True
-  return x, valid
+def _pairs(config, tokenizer) -> tuple[dict, dict]:
+  """The crystals' word pairs (the config's file strictly, else the shipped relations)."""
+  from jaxcode.analysis.four_properties import load_relations
+  if config.crystals.pairs_file:
+    pairs, counts = check_pairs(read_pairs(config.crystals.pairs_file), tokenizer, True)
+  else:
+    pairs, counts = check_pairs(load_relations(), tokenizer, False)
+  if len(pairs) < 2:
+    raise ConfigError(f"crystals: {len(pairs)} relation(s) with two known pairs: expected >= 2")
+  return pairs, counts
+
+
+def _cache(config, lm, hooks: list[str], workdir: str):
+  """The activation cache of `hooks` over the config's corpus (complete chunks kept)."""
+  docs = corpus.load_corpus(config.corpus.spec)
+  packed = corpus.pack(docs, lm.tokenizer, int(config.corpus.seq_len)).first_rows_per_source(
+      int(config.corpus.max_rows_per_source))
+  bs = int(config.corpus.batch_size)
+  cache_dir = os.path.join(workdir, "cache")
+  activations.extract(lm, packed, hooks, cache_dir, batch_size=bs, rows_per_chunk=bs * 8,
+                      progress=False)
+  return activations.ActivationCache.open(cache_dir)
+
+
+def _token_samples(config, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+  """(sae_idx_N, act_idx_N): sorted token subsamples for SAE training and the galaxy's
+  activation spectra, drawn in that order from one generator seeded by config.seed."""
+  rng = np.random.default_rng(int(config.seed))
+  sae_idx = np.sort(rng.choice(n_tokens, min(n_tokens, int(config.sae_tokens)), replace=False))
+  act_idx = np.sort(rng.choice(n_tokens, min(n_tokens, int(config.galaxy.act_tokens)),
+                               replace=False))
+  return sae_idx, act_idx
 
 
 # ------------------------------------------------------------------ SAEs
 
-def train_layer_sae(config, acts_ND: np.ndarray, workdir: str):
-  """Trains the layer's TopK SAE through the SAE experiment; returns the exported SAE."""
-  from jaxcode.experiments import train_sae
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "activations.npy")
-  if not os.path.exists(path):
-    tmp = path + ".tmp.npy"
-    np.save(tmp, acts_ND.astype(np.float32))
-    os.replace(tmp, path)
-  t = ConfigDict(config.sae_train.to_dict())
-  t.data.kind, t.data.path, t.data.seed = "array_npy", path, int(config.seed)
-  t.seed = int(config.seed)
-  t.lock()
-  res = train_sae.run(t, workdir)
-  sae = sae_io.load_saelens(os.path.join(workdir, "export", "sae"))
+def _validate_sae_train(config) -> None:
+  sae_stage.validate_settings(config.sae_train, where="sae_train.")
+
+
+def _sae_mesh(config, d_in: int):
+  """The SAE stage's mesh (sae_train.mesh), with the block checked against width d_in."""
+  mesh = parallel.mesh_from_config(config.sae_train.mesh)
+  try:
+    sae_stage.validate(config.sae_train, d_in, mesh.shape[parallel.DATA],
+                       mesh.shape[parallel.MODEL])
+  except ConfigError as e:
+    raise ConfigError(f"sae_train.{e}") from None
+  return mesh
+
+
+def train_layer_sae(config, acts_ND: np.ndarray, folder: str, mesh):
+  """One layer's SAE (the sae_train block, as it is) trained by the SAE stage on acts_ND
+  (batches seeded by config.seed); returns (the exported SAE, its metrics)."""
+  from jaxcode.report import sae as sae_figures
+  source = sources.ArraySource(acts_ND, seed=int(config.seed))
+  res = sae_stage.train_saes(config.sae_train, folder, source, mesh,
+                             figures=sae_figures.write_all)
+  sae = sae_io.load_saelens(os.path.join(folder, "export", "sae"))
   return sae, {k: res[k] for k in ("l0", "explained_variance", "mse", "dead_fraction")
                if k in res}
 
 
+def _trained_saes(config, layers, hooks, cache, sae_idx_N, saes: dict, mesh,
+                  workdir: str) -> dict:
+  """Trains the SAE of every layer not in `saes` (added to it); returns their metrics."""
+  metrics = {}
+  for l, h in zip(layers, hooks):
+    if l not in saes:
+      saes[l], metrics[l] = train_layer_sae(config, np.asarray(cache.get(h, sae_idx_N),
+                                                               np.float32),
+                                            os.path.join(workdir, "sae", f"layer_{l}"), mesh)
+  return metrics
+
+
+def _galaxy(config, layers, hooks, saes: dict, cache, act_idx_N) -> tuple[dict, dict]:
+  """Per layer the galaxy statistics, and the (decoder, activation) eigenvalues."""
+  galaxy, spectra = {}, {}
+  for l, h in zip(layers, hooks):
+    r = lobes_stage.galaxy_statistics(saes[l].W_dec, np.asarray(cache.get(h, act_idx_N),
+                                                                np.float32),
+                                      config.galaxy, int(config.seed))
+    spectra[l] = (np.asarray(r.pop("eigenvalues_decoder")),
+                  np.asarray(r.pop("eigenvalues_activations")))
+    galaxy[str(l)] = r
+  return galaxy, spectra
+
+
+def _lobes(config, layers, hooks, saes: dict, cache, prefix_len: int, body_len: int,
+           workdir: str) -> tuple[dict, dict]:
+  """Per lobes layer the lobes stage's statistics, and its clusters (for the figures)."""
+  lobes, clusters = {}, {}
+  for l in [int(v) for v in config.lobes.layers]:
+    res = dict(lobes_stage.run(os.path.join(workdir, "lobes", f"layer_{l}"), cache,
+                               hooks[layers.index(l)], saes[l], prefix_len, body_len,
+                               config.lobes, int(config.seed)))
+    clusters[l] = res.pop("clusters")
+    lobes[str(l)] = res
+  return lobes, clusters
+
+
+def _crystals(config, lm, pairs: dict, hook: str, sae) -> tuple[dict, dict]:
+  """Crystal statistics of the word pairs' differences at `hook` (or in `sae`'s codes),
+  and what the crystals figure draws."""
+  words = sorted({w for ps in pairs.values() for p in ps for w in p})
+  emb = word_embeddings(lm, words, hook)
+  if config.crystals.source == "sae":
+    codes_WM = np.asarray(sae_io.encode(sae, np.stack([emb[w] for w in words])))
+    emb = dict(zip(words, codes_WM))
+  diffs_PD, labels_P, names, plist = cg.difference_vectors(emb, pairs)
+  n_tok = lambda w: len(word_tokens(lm.tokenizer, w))
+  char_len_P = np.array([len(b) - len(a) for a, b in plist], float)
+  tok_len_P = np.array([n_tok(b) - n_tok(a) for a, b in plist], float)
+  out = cg.crystals(diffs_PD, labels_P, char_len_P, [int(d) for d in config.crystals.dims] or None)
+  out["distractor_token_length"] = {
+      k: v for k, v in cg.distractor(diffs_PD, tok_len_P).items() if k != "direction"}
+  return out, dict(diffs=diffs_PD, labels=labels_P, relations=names, best_dim=out["best_dim"])
+
+
 # ------------------------------------------------------------------ run
-
-def _summarise_lobes(res: dict) -> dict:
-  out = {"n_features": res["n_features"], "n_active": res["n_active"], "blocks": res["blocks"],
-         "cluster_counts": res["cluster_counts"], "affinities": {}}
-  for name, per_k in res["affinities"].items():
-    out["affinities"][name] = {}
-    for k, r in per_k.items():
-      rec = {"ami": r["ami"]["ami"], "ami_null_mean": r["ami"]["null_mean"],
-             "ami_null_sd": r["ami"]["null_sd"], "ami_sigma": r["ami"]["sigma"],
-             "balanced_accuracy": r["probe"]["balanced_accuracy"],
-             "probe_null_mean": r["probe"]["null_mean"], "probe_null_sd": r["probe"]["null_sd"],
-             "probe_sigma": r["probe"]["sigma"]}
-      if "sources" in r:
-        rec["sources"] = r["sources"]
-      out["affinities"][name][str(k)] = rec
-  return out
-
 
 def run(config, workdir: str) -> dict:
   """Runs the experiment holding its workdir (jaxcode.workdir): a rerun of a finished run
@@ -203,111 +288,52 @@ def run(config, workdir: str) -> dict:
   return workdir_lib.run_owned(workdir, config, "concept_geometry", lambda: _run(config, workdir))
 
 
+def _external_saes(layers, paths, width: int) -> dict:
+  """The given SAEs by layer, loaded and checked against the hookpoint width."""
+  saes = {}
+  for l, p in zip(layers, paths):
+    if p:
+      saes[l] = load_external_sae(p)
+      check_sae_width(saes[l], width, repr(p))
+  return saes
+
+
 def _run(config, workdir: str) -> dict:
   t0 = time.time()
-  layers = validate(config, workdir)
+  layers, paths = validate(config, workdir)
   hooks = [f"blocks.{l}.{config.hook}" for l in layers]
   lm = load_lm(config)
   _check_layers(config, lm.n_layers)
-  width = lm.hookpoint_width(hooks[0])
   prefix, suffix = corpus.special_affixes(lm.tokenizer)
-  body = int(config.corpus.seq_len) - len(prefix) - len(suffix)
-  cg.check_block_len(int(config.lobes.block_len), body)
-  saes = {}
-  for l, p in zip(layers, config.sae_paths):       # published SAEs: checked before compute
-    saes[l] = load_external_sae(p)
-    check_sae_width(saes[l], width, repr(p))
-  from jaxcode.analysis.four_properties import load_relations
-  if config.crystals.pairs_file:
-    pairs, pair_counts = check_pairs(read_pairs(config.crystals.pairs_file), lm.tokenizer, True)
-  else:
-    pairs, pair_counts = check_pairs(load_relations(), lm.tokenizer, False)
-  if len(pairs) < 2:
-    raise ConfigError(f"crystals: {len(pairs)} relation(s) with two known pairs: expected >= 2")
+  body_len = int(config.corpus.seq_len) - len(prefix) - len(suffix)
+  cg.check_block_len(config.lobes.block_len, body_len, "lobes.block_len")
+  width = lm.hookpoint_width(hooks[0])
+  saes = _external_saes(layers, paths, width)                  # checked before compute
+  mesh = None if all(paths) else _sae_mesh(config, width)
+  pairs, pair_counts = _pairs(config, lm.tokenizer)
 
-  docs = corpus.load_corpus(config.corpus.spec)
-  packed = corpus.pack(docs, lm.tokenizer, int(config.corpus.seq_len)).first_rows_per_source(
-      int(config.corpus.max_rows_per_source))
-  bs = int(config.corpus.batch_size)
-  cache_dir = os.path.join(workdir, "cache")
-  activations.extract(lm, packed, hooks, cache_dir, batch_size=bs,
-                      rows_per_chunk=bs * 8, progress=False)
-  cache = activations.ActivationCache.open(cache_dir)
-  n_rows, seq_len = packed.input_ids.shape
-  rng = np.random.default_rng(int(config.seed))
-  sub = np.sort(rng.choice(cache.n_tokens, min(cache.n_tokens, int(config.sae_tokens)),
-                           replace=False))
-  sae_metrics = {}
-  for l, h in zip(layers, hooks):
-    if l not in saes:
-      saes[l], sae_metrics[l] = train_layer_sae(
-          config, np.asarray(cache.get(h, sub), np.float32),
-          os.path.join(workdir, "sae", f"layer_{l}"))
+  cache = _cache(config, lm, hooks, workdir)
+  sae_idx_N, act_idx_N = _token_samples(config, cache.n_tokens)
+  sae_metrics = _trained_saes(config, layers, hooks, cache, sae_idx_N, saes, mesh,
+                               workdir)
   t_sae = time.time()
-
-  # galaxy
-  g = config.galaxy
-  act_idx = np.sort(rng.choice(cache.n_tokens, min(cache.n_tokens, int(g.act_tokens)),
-                               replace=False))
-  galaxy, spectra = {}, {}
-  for l, h in zip(layers, hooks):
-    r = cg.galaxy_layer(saes[l].W_dec, np.asarray(cache.get(h, act_idx), np.float32),
-                        int(g.lo), int(g.hi), int(g.n_sub), int(g.pca_dim), float(g.theta),
-                        int(g.n_boot), int(g.n_boot_corrected), int(config.seed))
-    spectra[l] = (r.pop("eigenvalues_decoder"), r.pop("eigenvalues_activations"))
-    galaxy[str(l)] = r
-
-  # lobes
-  lc = config.lobes
-  lobes, lobe_plots = {}, {}
-  for l in [int(v) for v in lc.layers]:
-    h = hooks[layers.index(l)]
-    x, valid = dense_layout(cache, h, n_rows, body, len(prefix))
-    sae = saes[l]
-    c, t, fired, rows = cg.cooccurrence(lambda z, sae=sae: sae_io.encode(sae, z), x, valid,
-                                        int(lc.block_len), float(lc.threshold),
-                                        int(lc.batch_rows))
-    if t == 0:
-      raise ConfigError(f"lobes: no complete block of {lc.block_len} tokens in layer {l}'s "
-                        f"sequences: expected block_len <= the documents' lengths")
-    row_src = np.array(packed.sources + [""], dtype=object)[np.max(packed.doc_index, axis=1)]
-    res = cg.lobes(c, t, sae.W_dec, lc.cluster_counts, tuple(lc.affinities),
-                   int(lc.n_null_ami), int(lc.n_null_probe), fired, row_src[rows],
-                   seed=42 + int(config.seed))
-    lobes[str(l)] = _summarise_lobes(res)
-    lobes[str(l)]["fired_fraction"] = float(np.mean(fired))
-    lobe_plots[l] = res
-
-  # crystals
+  galaxy, spectra = _galaxy(config, layers, hooks, saes, cache, act_idx_N)
+  lobes, clusters = _lobes(config, layers, hooks, saes, cache, len(prefix), body_len, workdir)
   cl = int(config.crystals.layer)
-  h = hooks[layers.index(cl)]
-  words = sorted({w for ps in pairs.values() for p in ps for w in p})
-  emb = word_embeddings(lm, words, h)
-  if config.crystals.source == "sae":
-    codes = np.asarray(sae_io.encode(saes[cl], np.stack([emb[w] for w in words])))
-    emb = dict(zip(words, codes))
-  diffs, labels, names, plist = cg.difference_vectors(emb, pairs)
-  char_len = np.array([len(b) - len(a) for a, b in plist], float)
-  tok_len = np.array([len(word_tokens(lm.tokenizer, b)) - len(word_tokens(lm.tokenizer, a))
-                      for a, b in plist], float)
-  dims = [int(d) for d in config.crystals.dims] or None
-  crystals = cg.crystals(diffs, labels, char_len, dims)
-  crystals["distractor_token_length"] = {
-      k: v for k, v in cg.distractor(diffs, tok_len).items() if k != "direction"}
-  crystals.update(layer=cl, source=config.crystals.source, relations=names, pairs=pair_counts)
+  crystals, crystal_plot = _crystals(config, lm, pairs, hooks[layers.index(cl)], saes[cl])
+  crystals.update(layer=cl, source=config.crystals.source, relations=crystal_plot["relations"],
+                  pairs=pair_counts)
 
   out = {"experiment": "concept_geometry", "variant": config.get("variant", ""),
          "model": config.model, "layers": layers, "hook": config.hook,
-         "tokens": int(cache.n_tokens), "rows": int(n_rows),
-         "sae": {str(l): sae_metrics.get(l, {"path": p}) for l, p in
-                 zip(layers, list(config.sae_paths) or [None] * len(layers))},
+         "tokens": int(cache.n_tokens), "rows": int(cache.manifest["n_rows"]),
+         "sae": {str(l): sae_metrics.get(l, {"path": p}) for l, p in zip(layers, paths)},
          "crystals": crystals, "lobes": lobes, "galaxy": galaxy,
-         "seconds": {"sae_and_cache": t_sae - t0, "total": time.time() - t0}}
+         "seconds": {"sae_and_cache": t_sae - t0}}
   from jaxcode.report import concept_geometry as figs
-  out["figures"] = figs.write_all(os.path.join(workdir, "figures"), diffs=diffs, labels=labels,
-                                  relations=names, best_dim=crystals["best_dim"],
-                                  lobes=lobes, lobe_plots=lobe_plots,
-                                  w_dec={l: saes[l].W_dec for l in lobe_plots},
+  out["figures"] = figs.write_all(os.path.join(workdir, "figures"), **crystal_plot,
+                                  lobes=lobes, clusters=clusters,
+                                  w_dec={l: saes[l].W_dec for l in clusters},
                                   galaxy=galaxy, spectra=spectra)
   out["seconds"]["total"] = time.time() - t0
   workdir_lib.write_json(os.path.join(workdir, "results.json"), out)

@@ -6,8 +6,9 @@ vocabulary is compacted to the token ids the corpus uses), trains a randomly ini
 GPT-2 (jaxcode.models.lm.gpt2 from a small transformers.GPT2Config, kernels and
 embeddings N(0, 0.02) as in GPT-2) through the shared loop, saving orbax checkpoints at
 log-spaced steps (training runs in segments that end at those steps), then analyses
-step 0 (the initial params) and every saved step with analyse_lm_series: alpha0, width,
-E(t) and the matched Gaussian null, beside the training loss and a held-out loss.
+step 0 (the initial params) and every saved step with the NeuroMFA stage's analysis
+(jaxcode.pipeline.neuromfa, config.neuromfa as its block): alpha0, width, E(t) and the
+matched Gaussian null, beside the training loss and a held-out loss.
 Writes workdir/{config.json, metrics.jsonl, checkpoints/, results.json, figures/*.png};
 rerunning resumes.
 """
@@ -27,9 +28,9 @@ from jaxcode import parallel
 from jaxcode.analysis import neuromfa as nm
 from jaxcode.data import corpus
 from jaxcode import workdir as workdir_lib
-from jaxcode.experiments import neuromfa as nmfa_exp
 from jaxcode.models.lm import gpt2, hf
-from jaxcode.errors import ConfigError
+from jaxcode.errors import ConfigError, positive_int
+from jaxcode.pipeline import neuromfa as nmfa_stage
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop, optim
 
@@ -48,9 +49,8 @@ def checkpoint_steps(c) -> list[int]:
 def validate(config, workdir: str) -> dict:
   m = config.model
   for name in ("d_model", "n_layers", "n_heads", "d_mlp", "seq_len", "batch"):
-    v = m[name] if name in m else config.data[name]
-    if not isinstance(v, int) or v <= 0:
-      raise ConfigError(f"{name}={v!r}: expected a positive integer")
+    where = "model" if name in m else "data"
+    positive_int(f"{where}.{name}", config[where][name])
   if m.d_model % m.n_heads:
     raise ConfigError(f"model.d_model={m.d_model}: expected a multiple of n_heads={m.n_heads}")
   loop.validate_train_config(config)
@@ -60,16 +60,10 @@ def validate(config, workdir: str) -> dict:
                       f"size {data}")
   steps = checkpoint_steps(config)
   nm.lm_sample(m.d_model, m.d_mlp, 1, int(config.neuromfa.S), 0)   # S fits the layers
-  kw = nmfa_exp.validate(_nmfa_config(config), workdir)
+  kw = nmfa_stage.validate(config.neuromfa)
+  workdir_lib.check_workdir(workdir)
   ckpt_lib.check_directory(os.path.join(workdir, "checkpoints"))
   return {"steps": steps, "spectrum_kw": kw}
-
-
-def _nmfa_config(config):
-  """The neuromfa experiment's fields, filled from config.neuromfa."""
-  c = ml_collections.ConfigDict(config.neuromfa.to_dict())
-  c.checkpoints = ()
-  return c
 
 
 def packed_corpus(config):
@@ -175,10 +169,27 @@ def run(config, workdir: str, mesh=None) -> dict:
   return workdir_lib.run_owned(workdir, config, "emergence", lambda: _run(config, workdir, mesh))
 
 
+def analyse_run(config, workdir: str, module, data: dict, steps: list[int],
+                train_loss: list) -> dict:
+  """The NeuroMFA stage's analysis of step 0 (the loop's initial params) and every saved
+  step, each record with its step, training loss and held-out loss."""
+  init = jax.jit(lambda k: init_params(module, k, float(config.model.init_std)))
+  params0 = init(jax.random.PRNGKey(int(config.seed)))    # the loop's step-0 params
+  series = [jax.tree.map(np.asarray, params0)]
+  series += [nmfa_stage.orbax_params(workdir, s) for s in steps]
+  eval_fn = jax.jit(lambda p: lm_loss(module, p, data["eval"], data["eval_mask"]))
+  eval_loss = [float(eval_fn(p)) for p in series]
+  labelled = [(f"step{s}", p) for s, p in zip([0] + steps, series)]
+  out = nmfa_stage.analyse(config.neuromfa, labelled)
+  for rec, s, tl, el in zip(out["checkpoints"], [0] + steps, train_loss, eval_loss):
+    rec.update(step=s, train_loss=tl, eval_loss=el)
+  return out
+
+
 def _run(config, workdir: str, mesh=None) -> dict:
-  v = validate(config, workdir)
+  validate(config, workdir)
   mesh = mesh if mesh is not None else parallel.mesh_from_config(config.mesh)
-  steps = v["steps"]
+  steps = checkpoint_steps(config)
   data = packed_corpus(config)
   module, _ = make_module(config, data["vocab"])
   tx = optim.make_optimizer(config.optim, int(config.steps))
@@ -186,17 +197,7 @@ def _run(config, workdir: str, mesh=None) -> dict:
   live = train_segments(config, task, workdir, steps, mesh)
   logged = logged_losses(workdir)
   train_loss = [None] + [live.get(s, logged.get(s)) for s in steps]
-
-  init = jax.jit(lambda k: init_params(module, k, float(config.model.init_std)))
-  params0 = init(jax.random.PRNGKey(int(config.seed)))    # the loop's step-0 params
-  series = [jax.tree.map(np.asarray, params0)]
-  series += [nmfa_exp.orbax_params(workdir, s) for s in steps]
-  eval_fn = jax.jit(lambda p: lm_loss(module, p, data["eval"], data["eval_mask"]))
-  eval_loss = [float(eval_fn(p)) for p in series]
-  labelled = [(f"step{s}", p) for s, p in zip([0] + steps, series)]
-  out = nmfa_exp.analyse(_nmfa_config(config), labelled, v["spectrum_kw"])
-  for rec, s, tl, el in zip(out["checkpoints"], [0] + steps, train_loss, eval_loss):
-    rec.update(step=s, train_loss=tl, eval_loss=el)
+  out = analyse_run(config, workdir, module, data, steps, train_loss)
   out = {"experiment": "emergence", "variant": config.get("variant", ""),
          "vocab": data["vocab"], "train_sequences": len(data["train"]),
          "corpus_tokens": data["n_tokens"], "corpus_docs": data["n_docs"],
@@ -205,7 +206,7 @@ def _run(config, workdir: str, mesh=None) -> dict:
                                      "emergence", "null_alpha0", "null_width", "null_emergence")}
                   for r in out["checkpoints"]]
   if parallel.is_main_process():
-    out["figures"] = nmfa_exp.write_figures(out, os.path.join(workdir, "figures"),
-                                            losses={"train (last batch)": train_loss, "held-out": eval_loss})
+    from jaxcode.report import neuromfa as report
+    out["figures"] = report.write_all(out, os.path.join(workdir, "figures"))
     workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -100,7 +100,7 @@ TABLE = (("layer", "block"), ("twonn", "TwoNN"), ("mle", "MLE"), ("sae_l0", "SAE
 def _lobe_pick(lobes: dict, config) -> dict:
   name = list(config.lobes.affinities)[0]
   k = str(int(list(config.lobes.cluster_counts)[0]))
-  r = lobes["by_affinity"][name][k]
+  r = lobes["affinities"][name][k]
   return dict(lobe_code_prose_separation=r["code_prose_separation"],
               lobe_ami_sigma=r["ami_sigma"], lobe_probe_sigma=r["probe_sigma"],
               lobe_affinity=name, lobe_clusters=int(k))
@@ -174,11 +174,10 @@ def _col(rows, k):
   return np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)
 
 
-def write_figures(results: dict, figdir: str) -> list[str]:
+def dimension_sae(results: dict, path: str) -> str:
+  """Intrinsic dimension, SAE L0 and the SAE decoder/reconstruction numbers per block."""
   rows = results["layers"]
   L = _col(rows, "layer")
-  paths = []
-
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   axes[0].plot(L, _col(rows, "twonn"), "o-", label="TwoNN")
   axes[0].plot(L, _col(rows, "mle"), "s-", label="MLE")
@@ -190,16 +189,25 @@ def write_figures(results: dict, figdir: str) -> list[str]:
   axes[2].plot(L, _col(rows, "sae_explained_variance"), "s-", label="explained variance")
   axes[2].set(xlabel="block", title="SAE decoder / reconstruction", ylim=(0, 1.05))
   axes[2].legend()
-  paths.append(_save(fig, os.path.join(figdir, "dimension_sae.png")))
+  return _save(fig, path)
 
+
+def four_properties(results: dict, path: str) -> str:
+  """Each of the four properties per block against its pass mark."""
+  rows = results["layers"]
+  L = _col(rows, "layer")
   fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
   for ax, p in zip(axes, PROPERTIES):
     ax.plot(L, _col(rows, p), "o-")
     ax.axhline(results["pass_marks"][p], color="r", ls="--", lw=1, label="pass mark")
     ax.set(xlabel="block", title=p)
   axes[0].legend()
-  paths.append(_save(fig, os.path.join(figdir, "four_properties.png")))
+  return _save(fig, path)
 
+
+def spectra_entropy(results: dict, path: str) -> str:
+  """Activation and decoder-direction eigenspectra per block; clustering entropies."""
+  rows = results["layers"]
   fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
   cmap = plt.get_cmap("viridis")
   for i, r in enumerate(rows):
@@ -211,13 +219,19 @@ def write_figures(results: dict, figdir: str) -> list[str]:
   axes[0].set(xlabel="rank", ylabel="eigenvalue", title="Activation covariance spectrum")
   axes[1].set(xlabel="rank", title="SAE decoder-direction spectrum")
   axes[0].legend(fontsize=7)
+  L = _col(rows, "layer")
   axes[2].plot(L, _col(rows, "act_clustering_entropy"), "o-", label="activations")
   axes[2].plot(L, _col(rows, "dec_clustering_entropy"), "s-", label="SAE decoder")
   axes[2].axhline(0, color="k", lw=0.5)
   axes[2].set(xlabel="block", ylabel="nats", title="Clustering entropy vs Gaussian null")
   axes[2].legend()
-  paths.append(_save(fig, os.path.join(figdir, "spectra_entropy.png")))
+  return _save(fig, path)
 
+
+def lobes(results: dict, path: str) -> str:
+  """Code vs prose lobe separation, and the lobes' AMI and probe against their nulls."""
+  rows = results["layers"]
+  L = _col(rows, "layer")
   fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
   ax[0].plot(L, _col(rows, "lobe_code_prose_separation"), "o-")
   ax[0].set(xlabel="block", ylabel="total variation", ylim=(0, 1.05),
@@ -227,17 +241,35 @@ def write_figures(results: dict, figdir: str) -> list[str]:
   ax[1].axhline(2, color="r", ls="--", lw=1)
   ax[1].set(xlabel="block", ylabel="null sd", title="Lobes vs their nulls")
   ax[1].legend()
-  paths.append(_save(fig, os.path.join(figdir, "lobes.png")))
+  return _save(fig, path)
 
-  nm = results.get("neuromfa")
-  if nm:
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot(nm["alpha"], nm["f"], "o-", ms=3, label="weights")
-    ax.plot(nm["null_alpha"], nm["null_f"], "s-", ms=3, label="Gaussian null")
-    ax.set(xlabel="alpha", ylabel="f(alpha)", title="NeuroMFA spectrum")
-    ax.legend()
-    paths.append(_save(fig, os.path.join(figdir, "neuromfa.png")))
+
+def neuromfa(results: dict, path: str) -> str:
+  """The NeuroMFA spectrum of the weights against its Gaussian null."""
+  nm = results["neuromfa"]
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  ax.plot(nm["alpha"], nm["f"], "o-", ms=3, label="weights")
+  ax.plot(nm["null_alpha"], nm["null_f"], "s-", ms=3, label="Gaussian null")
+  ax.set(xlabel="alpha", ylabel="f(alpha)", title="NeuroMFA spectrum")
+  ax.legend()
+  return _save(fig, path)
+
+
+FIGURES = (("dimension_sae", dimension_sae), ("four_properties", four_properties),
+           ("spectra_entropy", spectra_entropy), ("lobes", lobes))
+
+
+def write_figures(results: dict, figdir: str) -> list[str]:
+  """figdir/{dimension_sae, four_properties, spectra_entropy, lobes[, neuromfa]}.png."""
+  paths = [fn(results, os.path.join(figdir, f"{name}.png")) for name, fn in FIGURES]
+  if results.get("neuromfa"):
+    paths.append(neuromfa(results, os.path.join(figdir, "neuromfa.png")))
   return paths
+
+
+def write_all(results: dict, figdir: str) -> list[str]:
+  """The report-module interface (write_all(results, figdir)); same as write_figures."""
+  return write_figures(results, figdir)
 
 
 # ------------------------------------------------------------------ report.html

@@ -36,16 +36,16 @@ def crystals_figure(diffs, labels, relations, best_dim: int, path: str) -> str:
   return _save(fig, path)
 
 
-def lobes_embedding_figure(w_dec, active, labels, layer: int, path: str) -> str:
+def lobes_embedding_figure(w_dec_MD, active_A, labels_A, layer: int, path: str) -> str:
   """Active features' decoder directions on a 2-D t-SNE, coloured by phi lobe."""
   from sklearn.manifold import TSNE
-  w = np.asarray(w_dec, np.float64)[active]
+  w = np.asarray(w_dec_MD, np.float64)[active_A]
   w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
   perp = float(min(30, max(2, (len(w) - 1) // 3)))
   emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=perp).fit_transform(w)
   fig, ax = plt.subplots(figsize=(5.5, 5))
-  for k in np.unique(labels):
-    sel = labels == k
+  for k in np.unique(labels_A):
+    sel = labels_A == k
     ax.scatter(emb[sel, 0], emb[sel, 1], s=4, label=f"lobe {k}")
   ax.set_title(f"layer {layer}: decoder directions (t-SNE), phi lobes")
   ax.legend(fontsize=7, markerscale=3)
@@ -104,14 +104,17 @@ def galaxy_figure(galaxy: dict, spectra: dict, path: str) -> str:
   return _save(fig, path)
 
 
-def write_all(out_dir: str, *, diffs, labels, relations, best_dim, lobes, lobe_plots, w_dec,
+def write_all(out_dir: str, *, diffs, labels, relations, best_dim, lobes, clusters, w_dec,
               galaxy, spectra) -> list[str]:
+  """Every figure; clusters[layer] is the lobes stage's 'clusters' (active features and
+  labels by affinity and cluster count), w_dec[layer] that layer's decoder."""
   files = [crystals_figure(diffs, labels, relations, best_dim,
                            os.path.join(out_dir, "crystals.png"))]
-  for l, res in lobe_plots.items():
-    name = "phi" if "phi" in res["labels"] else next(iter(res["labels"]))
-    k = min(res["labels"][name])
-    files.append(lobes_embedding_figure(w_dec[l], res["active"], res["labels"][name][k], l,
+  for l, cl in clusters.items():
+    name = "phi" if "phi" in cl["labels"] else next(iter(cl["labels"]))
+    k = min(cl["labels"][name], key=int)
+    files.append(lobes_embedding_figure(w_dec[l], np.asarray(cl["active"]),
+                                        np.asarray(cl["labels"][name][k]), l,
                                         os.path.join(out_dir, f"lobes_tsne_layer{l}.png")))
     files.append(lobes_curves_figure(lobes[str(l)], l,
                                      os.path.join(out_dir, f"lobes_vs_clusters_layer{l}.png")))

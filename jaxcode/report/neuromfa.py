@@ -1,7 +1,12 @@
-"""Figures of NeuroMFA runs: f(alpha) spectra with their Gaussian nulls, E(t) over training."""
+"""Figures of NeuroMFA runs: f(alpha) spectra with their Gaussian nulls, E(t) over training.
+
+write_all(results, figdir) draws the results.json of launch.neuromfa or launch.emergence
+(whose records also carry train_loss and eval_loss, drawn beside E(t)).
+"""
 
 from __future__ import annotations
 
+import os
 
 import matplotlib
 
@@ -57,3 +62,26 @@ def series(steps, records: list[dict], path: str, losses=None, xlabel: str = "ch
     ax.legend(fontsize=7)
   fig.tight_layout()
   return _save(fig, path)
+
+
+def _losses(records: list[dict]) -> dict | None:
+  """{curve: values} of the records' losses (launch.emergence), or None."""
+  if not records or "eval_loss" not in records[0]:
+    return None
+  return {"train (last batch)": [r.get("train_loss") for r in records],
+          "held-out": [r["eval_loss"] for r in records]}
+
+
+def write_all(results: dict, figdir: str) -> list[str]:
+  """spectra.png, and series.png for a series (or when the records carry losses); the x
+  axis is the training step when every checkpoint names a distinct one."""
+  recs = results["checkpoints"]
+  paths = [spectra(recs, [r["label"] for r in recs], os.path.join(figdir, "spectra.png"))]
+  steps = [r["step"] for r in recs]
+  use_steps = all(np.isfinite(steps)) and len(set(steps)) == len(steps)
+  losses = _losses(recs)
+  if len(recs) > 1 or losses is not None:
+    x = steps if use_steps else list(range(len(recs)))
+    paths.append(series(x, recs, os.path.join(figdir, "series.png"), losses=losses,
+                        xlabel="step" if use_steps else "checkpoint"))
+  return paths
