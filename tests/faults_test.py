@@ -33,14 +33,18 @@ def _launch(module, config, workdir, *extra, fault=None, devices=8):
   return p.returncode, p.stderr
 
 
-def _results(workdir, drop=("figures", "export")):
+def _drop(x, keys):
+  if isinstance(x, dict):
+    return {k: _drop(v, keys) for k, v in x.items() if k not in keys}
+  if isinstance(x, list):
+    return [_drop(v, keys) for v in x]
+  return x
+
+
+def _results(workdir, drop=("figures", "export", "seconds", "tokens_per_s")):
+  """results.json without what names the workdir or measures time."""
   with open(os.path.join(workdir, "results.json")) as f:
-    r = json.load(f)
-  if "saes" in r:
-    for s in r["saes"]:
-      for k in drop:
-        s.pop(k, None)
-  return {k: v for k, v in r.items() if k not in drop}
+    return _drop(json.load(f), drop)
 
 
 def _killed(rc):
@@ -160,6 +164,52 @@ def test_extract_killed_and_preempted_mid_chunk_resumes_to_the_same_cache(tmp_pa
   assert _cache_files(full) == _cache_files(cut)       # the same forwards: bitwise
   rc, err = _extract(cut)
   assert rc == 0 and "already finished" in err, err
+
+
+# ------------------------------------------------------------ coding schemes, emergence
+
+CODING = ("--config.nonlinearities=('erf',)", "--config.steps=80", "--config.log_every=20",
+          "--config.checkpoint.every=20", "--config.model.width=16", "--config.data.n_train=8",
+          "--config.data.n_test=8", "--config.sampling.n_chains=2", "--config.sampling.beta=1000.0",
+          "--config.sampling.burn_in=20", "--config.sampling.thin=20",
+          "--config.sampling.n_samples=3", "--config.sampling.step_size.erf=0.001",
+          "--config.sampling.check_step_size=False")
+
+
+def _coding(workdir, fault=None):
+  return _launch("coding_schemes", "configs/coding_schemes.py:toy", workdir, *CODING,
+                 fault=fault, devices=2)
+
+
+def test_coding_schemes_killed_during_save_and_deletion_resumes_bitwise(tmp_path):
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  rc, err = _coding(full)
+  assert rc == 0, err
+  rc, err = _coding(cut, fault="checkpoint.save:2")
+  assert _killed(rc), err
+  rc, err = _coding(cut, fault="checkpoint.delete:1")
+  assert _killed(rc), err
+  rc, err = _coding(cut)
+  assert rc == 0, err
+  assert _results(full)["results"] == _results(cut)["results"]
+
+
+def _emergence(workdir, fault=None):
+  return _launch("emergence", "configs/emergence.py:tiny", workdir, "--config.steps=4",
+                 "--config.data.max_docs_per_source=2", fault=fault, devices=1)
+
+
+def test_emergence_killed_during_save_and_before_results_resumes_bitwise(tmp_path):
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  rc, err = _emergence(full)
+  assert rc == 0, err
+  rc, err = _emergence(cut, fault="checkpoint.save:2")
+  assert _killed(rc), err
+  rc, err = _emergence(cut, fault="results:1")
+  assert _killed(rc), err
+  rc, err = _emergence(cut)
+  assert rc == 0, err
+  assert _results(full)["table"] == _results(cut)["table"]
 
 
 # ------------------------------------------------------------ the loop, in process

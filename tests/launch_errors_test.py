@@ -123,10 +123,13 @@ def test_k_limit_agrees_between_train_sae_and_atlas(tmp_path):
   with c.unlocked():
     c.sae.d_sae, c.sae.k = 16, 16
   train_sae.validate(c, None)
-  t = atlas_configs.get_config("tiny").sae_train
+  a_cfg = atlas_configs.get_config("tiny")
+  t = a_cfg.sae_train
   with t.unlocked():
-    t.sae.k = 16
-  atlas.validate_sae_train(t, 384, 16)
+    t.sae.d_sae, t.sae.k = 16, 16
+  a_cfg.estimates.hi = 12
+  a_cfg.lobes.cluster_counts = (2, 3)
+  atlas.validate(a_cfg)                    # the atlas validates through the SAE stage
   with c.unlocked():
     c.sae.k = 17
   with pytest.raises(ConfigError) as a:
@@ -134,7 +137,7 @@ def test_k_limit_agrees_between_train_sae_and_atlas(tmp_path):
   with t.unlocked():
     t.sae.k = 17
   with pytest.raises(ConfigError) as b:
-    atlas.validate_sae_train(t, 384, 16)
+    atlas.validate(a_cfg)
   assert str(a.value) == "sae.k=17: expected 0 < k <= d_sae=16"
   assert str(b.value) == "sae_train.sae.k=17: expected 0 < k <= d_sae=16"
 

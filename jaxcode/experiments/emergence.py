@@ -68,8 +68,8 @@ def validate(config, workdir: str) -> dict:
 
 def packed_corpus(config):
   """Packed [N, seq_len + 1] ids of the default corpus, compacted vocabulary, held-out split."""
-  from jaxcode.models.lm import minilm_path
-  tok = hf.load_tokenizer(minilm_path())
+  from jaxcode.pipeline import model as model_lib
+  tok = hf.load_tokenizer(model_lib.resolve("minilm").path)   # MiniLM's WordPiece vocabulary
   n_docs = int(config.data.max_docs_per_source) or None
   docs = corpus.default_corpus(n_docs)
   packed = corpus.pack(docs, tok, int(config.data.seq_len) + 1, concat=True)

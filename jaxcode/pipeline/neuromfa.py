@@ -96,8 +96,8 @@ def validate(block) -> dict:
 def parse_spec(spec: str) -> tuple[str, str, Any]:
   """(kind, path or id, revision/steps); checks local paths exist, before any compute."""
   spec = str(spec)
-  if spec == "minilm":
-    return "minilm", "", None
+  if spec in model_lib.ALIASES:           # 'minilm': an alias of jaxcode.pipeline.model
+    return spec, "", None
   if spec.startswith("hub:"):
     ident, _, rev = spec[4:].partition("@")
     if not ident:
