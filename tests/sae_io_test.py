@@ -16,13 +16,14 @@ from safetensors.numpy import load_file
 
 from jaxcode.models import sae, sae_io
 from jaxcode.errors import ConfigError
+from tests.sae_fixture import sae_config
 
 
 def _one_sae(arch, **kw):
   rng = np.random.default_rng(0)
   D, M = 12, 40
   x = (rng.standard_normal((64, D)) * 5 + 3).astype(np.float32)   # needs normalisation
-  cfg = sae.SAEConfig(architecture=arch, d_in=D, d_sae=M, **kw)
+  cfg = sae_config(architecture=arch, d_in=D, d_sae=M, **kw)
   params, aux = sae.make_init(cfg, x)(jax.random.key(0))
   params, aux = sae.select(params, 0), sae.select(aux, 0)
   params["b_enc"] = jnp.asarray(rng.standard_normal(M) * 0.1, jnp.float32)

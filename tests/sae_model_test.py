@@ -17,6 +17,7 @@ import pytest
 
 from jaxcode import parallel
 from jaxcode.errors import ConfigError
+from tests.sae_fixture import sae_config
 from jaxcode.data.sources import SyntheticSource
 from jaxcode.data.synthetic import PlantedDictionary, mean_max_cosine
 from jaxcode.models import sae
@@ -63,7 +64,7 @@ def planted_batches():
 
 @pytest.mark.parametrize("arch", sae.ARCHITECTURES)
 def test_recovers_planted_dictionary(arch, planted_batches):
-  cfg = sae.SAEConfig(architecture=arch, d_in=32, d_sae=64, dead_tokens=256 * 50,
+  cfg = sae_config(architecture=arch, d_in=32, d_sae=64, dead_tokens=256 * 50,
                       **RECIPES[arch])
   params, aux, ms = fit_scan(cfg, planted_batches)
   cos = mean_max_cosine(PLANTED.dictionary, np.asarray(params["W_dec"][0]))
@@ -83,7 +84,7 @@ def _rect(u):
 def test_jumprelu_gradients_match_hand_derivation():
   rng = np.random.default_rng(0)
   B, D, M, eps, lam = 5, 4, 6, 0.3, 0.7
-  cfg = sae.SAEConfig(architecture="jumprelu", d_in=D, d_sae=M, sparsity_coef=lam,
+  cfg = sae_config(architecture="jumprelu", d_in=D, d_sae=M, sparsity_coef=lam,
                       jump_bandwidth=eps, normalisation="none", b_dec_init="zeros")
   params, aux = sae.make_init(cfg, rng.standard_normal((8, D)))(jax.random.key(1))
   params = jax.tree.map(lambda v: v[0], params)
@@ -117,7 +118,7 @@ def test_jumprelu_gradients_match_hand_derivation():
 def test_topk_auxk_gradients_match_hand_derivation(sparse):
   rng = np.random.default_rng(1)
   B, D, M, k, ka, alpha = 6, 5, 12, 2, 3, 0.25
-  cfg = sae.SAEConfig(architecture="topk", d_in=D, d_sae=M, k=k, k_aux=ka, aux_alpha=alpha,
+  cfg = sae_config(architecture="topk", d_in=D, d_sae=M, k=k, k_aux=ka, aux_alpha=alpha,
                       dead_tokens=100, normalisation="none", sparse_decode=sparse)
   params, aux = sae.make_init(cfg, rng.standard_normal((8, D)))(jax.random.key(2))
   params = jax.tree.map(lambda v: v[0], params)
@@ -182,7 +183,7 @@ def test_sharded_equals_single_device(arch, extra):
     extra = dict(extra, k=(extra["k"], extra["k"] - 1))
   else:
     extra = dict(extra, sparsity_coef=(extra["sparsity_coef"], 2 * extra["sparsity_coef"]))
-  cfg = sae.SAEConfig(architecture=arch, d_in=D, d_sae=M, dead_tokens=2 * B, k_aux=3, **extra)
+  cfg = sae_config(architecture=arch, d_in=D, d_sae=M, dead_tokens=2 * B, k_aux=3, **extra)
   src = SyntheticSource(PlantedDictionary(d_in=D, n_features=24, l0=3.0, seed=3))
   xs = jnp.asarray(np.stack([src.batch(s, B) for s in range(steps)]))
   mesh = parallel.make_mesh(2, 4)
@@ -258,7 +259,7 @@ def test_sparse_decode_equals_dense(dead_tokens):
   for ks in (4, (4, 2)):
     outs = []
     for sparse in (False, True):
-      cfg = sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, k=ks, k_aux=4,
+      cfg = sae_config(architecture="topk", d_in=8, d_sae=32, k=ks, k_aux=4,
                           dead_tokens=dead_tokens, sparse_decode=sparse,
                           sweep_mode="auto" if sparse else "vmap")
       # the sparse sweep of k runs unrolled (each SAE at its own k), the dense one vmapped
@@ -274,7 +275,7 @@ def test_sparse_decode_equals_dense(dead_tokens):
 
 
 def test_unit_norm_decoder_gradient_is_projected():
-  cfg = sae.SAEConfig(architecture="relu_classic", d_in=6, d_sae=10, sparsity_coef=0.1)
+  cfg = sae_config(architecture="relu_classic", d_in=6, d_sae=10, sparsity_coef=0.1)
   x = np.random.default_rng(5).standard_normal((12, 6)).astype(np.float32)
   params, aux = sae.make_init(cfg, x)(jax.random.key(0))
   g = jax.jit(jax.grad(lambda p: sae.make_loss(cfg)(p, aux, jnp.asarray(x), None, 0)[0]))(params)
@@ -308,7 +309,7 @@ def test_init_normalisation_and_geometric_median():
 def test_bad_input_one_line(kwargs, data_d, mesh_model, msg):
   kw = dict(d_in=8, d_sae=64)
   kw.update(kwargs)
-  cfg = sae.SAEConfig(**kw)
+  cfg = sae_config(**kw)
   mesh = parallel.make_mesh(2, mesh_model) if mesh_model else None
   with pytest.raises(ConfigError, match=msg) as e:
     sae.validate(cfg, mesh, data_d)
@@ -317,12 +318,12 @@ def test_bad_input_one_line(kwargs, data_d, mesh_model, msg):
 
 def test_sparse_decode_choice():
   """'auto' resolves per backend from the benchmark's table; a bad value is one clear line."""
-  auto = sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, k=4)
+  auto = sae_config(architecture="topk", d_in=8, d_sae=32, k=4)
   assert auto.sparse_decode is sae.SPARSE_TOPK_FASTER.get(jax.default_backend(), False)
-  assert sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, sparse_decode="dense").sparse_decode \
+  assert sae_config(architecture="topk", d_in=8, d_sae=32, sparse_decode="dense").sparse_decode \
       is False
   with pytest.raises(ConfigError, match=r"sae.sparse_decode='fast'"):
-    sae.SAEConfig(architecture="topk", d_in=8, d_sae=32, sparse_decode="fast")
+    sae_config(architecture="topk", d_in=8, d_sae=32, sparse_decode="fast")
 
 
 @pytest.mark.parametrize("arch,extra", [("relu", dict(sparsity_coef=(0.1, 0.3))),
@@ -333,10 +334,10 @@ def test_sweep_modes_agree(arch, extra):
   x = jnp.asarray(np.random.default_rng(6).standard_normal((16, 8)), jnp.float32)
   outs = []
   for mode in ("vmap", "unroll"):
-    cfg = sae.SAEConfig(architecture=arch, d_in=8, d_sae=24, sweep_mode=mode, **extra)
+    cfg = sae_config(architecture=arch, d_in=8, d_sae=24, sweep_mode=mode, **extra)
     params, aux = sae.make_init(cfg, np.asarray(x))(jax.random.key(1))
     outs.append(jax.jit(jax.value_and_grad(sae.make_loss(cfg), has_aux=True))(
         params, aux, x, None, 3))
   _assert_same_value_and_grad(outs[0], outs[1], compare_aux=True)
   with pytest.raises(ConfigError, match="sae.sweep_mode='pmap'"):
-    sae.SAEConfig(architecture=arch, d_in=8, d_sae=24, sweep_mode="pmap")
+    sae_config(architecture=arch, d_in=8, d_sae=24, sweep_mode="pmap")

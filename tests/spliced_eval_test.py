@@ -21,6 +21,7 @@ from scipy.special import erf, logsumexp
 from jaxcode.analysis.spliced_eval import sae_reconstructor, spliced_eval
 from jaxcode.models.lm import load_pretrained, minilm_path
 from jaxcode.errors import ConfigError
+from tests.sae_fixture import sae_config
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm")
 LMS = {}
@@ -77,7 +78,7 @@ def test_gpt2_identity_zero_analytic_ablation_and_sae():
   from jaxcode.models import sae as sae_lib
   lm = lm_of("gpt2")
   r, _ = ref_inputs("gpt2")
-  cfg = sae_lib.SAEConfig(architecture="topk", d_in=32, d_sae=64, k=8)
+  cfg = sae_config(architecture="topk", d_in=32, d_sae=64, k=8)
   x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
   params, aux = sae_lib.make_init(cfg, x)(jax.random.key(0))
   sae = sae_reconstructor(cfg, sae_lib.select(params, 0), sae_lib.select(aux, 0))

@@ -90,33 +90,31 @@ class SAEConfig:
   """Static description of one SAE or of a sweep of SAEs sharing architecture and width.
 
   ``k`` and ``sparsity_coef`` may each be a number or a tuple (one value per SAE of a sweep);
-  a number is broadcast to the sweep.  Fields are keyword-only.  The declared defaults of the
-  SAE fields are configs/sae.py's (jaxcode.pipeline.sae.sae_config passes every field); the
-  defaults below remain only for tests that build an SAEConfig by hand, and are not the
-  experiment's defaults (k=32 here, 3 there).
+  a number is broadcast to the sweep.  Fields are keyword-only and have no defaults: they are
+  declared once, with their defaults, in configs/sae.py's `sae` block, from which
+  jaxcode.pipeline.sae.sae_config builds this.
   """
   architecture: str
   d_in: int
   d_sae: int
-  k: int | tuple[int, ...] = 32                   # topk-family kept latents (mean L0 for batch)
-  sparsity_coef: float | tuple[float, ...] = 0.0  # L1 / L0 / tanh coefficient (lambda)
-  sparsity_warmup_steps: int = 0                  # linear warm-up of lambda from 0
-  k_aux: int | None = None                        # AuxK latents; None: d_in // 2
-  aux_alpha: float = 1.0 / 32                     # AuxK loss weight
-  dead_tokens: int = 10_000_000                   # tokens without firing -> dead
-  jump_bandwidth: float = 0.001                   # epsilon of the rectangle kernel
-  jump_threshold_init: float = 0.001              # theta_0
-  tanh_c: float = 4.0                             # c of the tanh sparsity loss
-  pre_act_coef: float = 3e-6                      # lambda_P of the pre-activation loss
-  threshold_ema: float = 0.999                    # BatchTopK inference threshold EMA decay
-  threshold_ema_start: int = 0                    # step from which the EMA is updated
-  matryoshka_widths: tuple[int, ...] = ()         # nested prefix widths; d_sae appended
-  dec_init_norm: float = 1.0                      # decoder row norm at init
-  b_dec_init: str = "mean"                        # zeros | mean | geometric_median
-  normalisation: str = "unit_mean_sq"             # none | unit_mean_sq | sqrt_d
-  sparse_decode: bool | str = "auto"              # topk: sparse decode and encoder gradients;
-                                                  # "auto": SPARSE_TOPK_FASTER[backend]
-  sweep_mode: str = "auto"                        # auto | vmap | unroll (see unrolled_sweep)
+  k: int | tuple[int, ...]  # topk-family kept latents (mean L0 for batch)
+  sparsity_coef: float | tuple[float, ...]  # L1 / L0 / tanh coefficient (lambda)
+  sparsity_warmup_steps: int  # linear warm-up of lambda from 0
+  k_aux: int | None  # AuxK latents; None: d_in // 2
+  aux_alpha: float  # AuxK loss weight
+  dead_tokens: int  # tokens without firing -> dead
+  jump_bandwidth: float  # epsilon of the rectangle kernel
+  jump_threshold_init: float  # theta_0
+  tanh_c: float  # c of the tanh sparsity loss
+  pre_act_coef: float  # lambda_P of the pre-activation loss
+  threshold_ema: float  # BatchTopK inference threshold EMA decay
+  threshold_ema_start: int  # step from which the EMA is updated
+  matryoshka_widths: tuple[int, ...]  # nested prefix widths; d_sae appended
+  dec_init_norm: float  # decoder row norm at init
+  b_dec_init: str  # zeros | mean | geometric_median
+  normalisation: str  # none | unit_mean_sq | sqrt_d
+  sparse_decode: bool | str  # topk: sparse decode and encoder gradients; "auto": measured faster
+  sweep_mode: str  # auto | vmap | unroll (see unrolled_sweep)
 
   def __post_init__(self):
     v = self.sparse_decode
