@@ -33,7 +33,7 @@ from jax import lax
 from scipy.sparse import csgraph
 
 from jaxcode import parallel
-from jaxcode.errors import ConfigError
+from jaxcode.errors import ConfigError, increasing
 
 # ------------------------------------------------------------------ edge lengths
 
@@ -185,12 +185,7 @@ def layered_distances(lengths_LNN, sources, directed: bool = True,
 
 
 def _check_radii(radii) -> np.ndarray:
-  r = np.asarray(radii, np.float64).ravel()
-  if r.size == 0:
-    raise ConfigError("radii=[]: expected a non-empty increasing radius grid")
-  if not np.all(np.isfinite(r)) or np.any(np.diff(r) <= 0):
-    raise ConfigError(f"radii={r.tolist()}: expected finite, strictly increasing radii")
-  return r
+  return increasing("radii", radii)
 
 
 def ball_counts_from_distances(d_BN, radii_R, node_mask_N=None):

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from jaxcode.estimators import graph
-from jaxcode.errors import ConfigError
+from jaxcode.errors import ConfigError, increasing
 
 # The released code's q grid: -3.0, -2.9, ..., 3.0.
 PAPER_QS = np.round(np.arange(-30, 31) / 10.0, 1)
@@ -67,21 +67,12 @@ class Spectrum:
 
 
 def check_qs(qs) -> np.ndarray:
-  q = np.asarray(qs, np.float64).ravel()
-  if q.size == 0:
-    raise ConfigError("qs=[]: expected a non-empty range of q values")
-  if not np.all(np.isfinite(q)) or np.any(np.diff(q) <= 0):
-    raise ConfigError(f"qs={q.tolist()[:8]}...: expected finite, strictly increasing q values")
-  return q
+  return increasing("qs", qs)
 
 
 def check_window(radii, window=None) -> tuple[np.ndarray, np.ndarray]:
   """Radius grid and 0/1 fit weights; the window must hold >= 2 positive radii."""
-  r = np.asarray(radii, np.float64).ravel()
-  if r.size == 0:
-    raise ConfigError("radii=[]: expected a non-empty radius window")
-  if np.any(np.diff(r) <= 0) or not np.all(np.isfinite(r)):
-    raise ConfigError(f"radii={r.tolist()}: expected finite, strictly increasing radii")
+  r = increasing("radii", radii)
   lo, hi = (-np.inf, np.inf) if window is None else window
   w = (r >= lo) & (r <= hi) & (r > 0)
   if w.sum() < 2:
