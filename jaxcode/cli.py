@@ -1,5 +1,7 @@
 """What every launch main shares: config loading, --help, one-line errors, exit codes.
 
+  launch_experiment(name, CONFIG)   a whole launch main: --config, --workdir, then
+                             jaxcode.experiments.<name>.run(config, workdir) under run_main
   app_run(main, CONFIG)      absl's app.run with the launch checks first, before any compute
   run_main(fn)               bad input -> one line and exit 2 (and the workdir this command
                              created is removed); NaN -> exit 1; preemption -> exit 143
@@ -273,3 +275,24 @@ def absolute_workdir(workdir: str | None) -> str:
   if not workdir:
     raise ConfigError("--workdir is empty: expected a directory to write the run into")
   return os.path.abspath(os.path.expanduser(workdir))
+
+
+def launch_experiment(name: str, config: str) -> None:
+  """The main of `python -m launch.<name>`: defines --config (default `config`) and
+  --workdir, then runs jaxcode.experiments.<name>.run(config, absolute workdir) under
+  run_main, after app_run's checks."""
+  import importlib
+  from absl import app, flags
+  from ml_collections import config_flags
+  cfg = config_flags.DEFINE_config_file("config", None, f"Experiment config (default {config}).",
+                                        lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    experiment = importlib.import_module(f"jaxcode.experiments.{name}")
+    run_main(lambda: experiment.run(cfg.value, absolute_workdir(workdir.value)))
+
+  flags.mark_flag_as_required("workdir")
+  app_run(main, config)

@@ -3,24 +3,9 @@
 python -m launch.coding_schemes --config=configs/coding_schemes.py:toy --workdir=DIR
 """
 
-from absl import app, flags
-from ml_collections import config_flags
-
 from jaxcode import cli
 
 CONFIG = "configs/coding_schemes.py"   # the default --config
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, f"Experiment config (default {CONFIG}).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxcode.experiments import coding_schemes
-  cli.run_main(lambda: coding_schemes.run(_CONFIG.value, cli.absolute_workdir(_WORKDIR.value)))
-
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  cli.app_run(main, CONFIG)
+  cli.launch_experiment("coding_schemes", CONFIG)
