@@ -11,6 +11,7 @@ resumes from its last checkpoint). `stage.run_stage` is that contract in one pla
   cache.py            the activation cache of a model's hookpoints over a corpus
   sae.py              SAEs (one or a sweep) trained on a source, evaluated, exported
   lobes.py            lobes and galaxy statistics of an SAE on a cache
+  estimates.py        one layer's intrinsic dimension, SAE sparsity, spectra and lobes
   four_properties.py  intrinsic dimension, spectra and the four properties of concepts
   neuromfa.py         the multifractal spectrum of a model's weights, with its i.i.d. null
 
