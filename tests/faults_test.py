@@ -51,6 +51,20 @@ def _killed(rc):
   return rc == -signal.SIGKILL
 
 
+def _killed_then_finished(launch, tmp_path, faults):
+  """Runs `launch` uninterrupted into full/, then into cut/ once per fault (each must die by
+  SIGKILL), then cut/ to the end; returns (full, cut)."""
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  rc, err = launch(full)
+  assert rc == 0, err
+  for fault in faults:
+    rc, err = launch(cut, fault=fault)
+    assert _killed(rc), (fault, err)
+  rc, err = launch(cut)
+  assert rc == 0, err
+  return full, cut
+
+
 # ------------------------------------------------------------ superposition, end to end
 
 SUP = ("superposition", "configs/superposition.py:tiny")
@@ -113,15 +127,7 @@ def _sae(workdir, fault=None):
 
 
 def test_train_sae_killed_during_save_and_before_results_resumes_bitwise(tmp_path):
-  full, cut = tmp_path / "full", tmp_path / "cut"
-  rc, err = _sae(full)
-  assert rc == 0, err
-  rc, err = _sae(cut, fault="checkpoint.save:2")
-  assert _killed(rc), err
-  rc, err = _sae(cut, fault="results:1")
-  assert _killed(rc), err
-  rc, err = _sae(cut)
-  assert rc == 0, err
+  full, cut = _killed_then_finished(_sae, tmp_path, ("checkpoint.save:2", "results:1"))
   assert _results(full) == _results(cut)
   for name in os.listdir(full / "export"):
     a = (full / "export" / name / "sae_weights.safetensors").read_bytes()
@@ -182,15 +188,7 @@ def _coding(workdir, fault=None):
 
 
 def test_coding_schemes_killed_during_save_and_deletion_resumes_bitwise(tmp_path):
-  full, cut = tmp_path / "full", tmp_path / "cut"
-  rc, err = _coding(full)
-  assert rc == 0, err
-  rc, err = _coding(cut, fault="checkpoint.save:2")
-  assert _killed(rc), err
-  rc, err = _coding(cut, fault="checkpoint.delete:1")
-  assert _killed(rc), err
-  rc, err = _coding(cut)
-  assert rc == 0, err
+  full, cut = _killed_then_finished(_coding, tmp_path, ("checkpoint.save:2", "checkpoint.delete:1"))
   assert _results(full)["results"] == _results(cut)["results"]
 
 
@@ -200,15 +198,7 @@ def _emergence(workdir, fault=None):
 
 
 def test_emergence_killed_during_save_and_before_results_resumes_bitwise(tmp_path):
-  full, cut = tmp_path / "full", tmp_path / "cut"
-  rc, err = _emergence(full)
-  assert rc == 0, err
-  rc, err = _emergence(cut, fault="checkpoint.save:2")
-  assert _killed(rc), err
-  rc, err = _emergence(cut, fault="results:1")
-  assert _killed(rc), err
-  rc, err = _emergence(cut)
-  assert rc == 0, err
+  full, cut = _killed_then_finished(_emergence, tmp_path, ("checkpoint.save:2", "results:1"))
   assert _results(full)["table"] == _results(cut)["table"]
 
 

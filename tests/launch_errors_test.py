@@ -21,7 +21,7 @@ from configs import sae as sae_configs
 from configs import superposition as superposition_configs
 from jaxcode.experiments import atlas, neuromfa, superposition, train_sae
 from jaxcode.errors import ConfigError
-from jaxcode.train import loop, optim
+from jaxcode.train import optim
 from launch_util import REPO, cpu_env
 
 LAUNCHES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "launch", "*.py"))

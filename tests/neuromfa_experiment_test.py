@@ -22,7 +22,7 @@ from scipy.sparse import csgraph
 from configs import emergence as em_cfg
 from configs import neuromfa as nm_cfg
 from jaxcode.analysis import neuromfa as nm
-from jaxcode.estimators import graph, multifractal as mf
+from jaxcode.estimators import multifractal as mf
 from jaxcode.experiments import emergence, neuromfa as nmfa_exp
 from jaxcode.pipeline import neuromfa as nmfa_stage
 from jaxcode.models.lm import load_pretrained

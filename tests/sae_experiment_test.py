@@ -19,7 +19,7 @@ from configs import sae as sae_configs
 from jaxcode import parallel
 from jaxcode.errors import ConfigError
 from jaxcode.experiments import train_sae
-from jaxcode.models import sae, sae_io
+from jaxcode.models import sae_io
 from jaxcode.pipeline import sae as sae_stage
 from jaxcode.train import loop
 from launch_util import REPO, cpu_env, free_port

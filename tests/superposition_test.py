@@ -3,7 +3,6 @@ signatures on small configurations, sharding, multi-process runs, resumption, ba
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from jaxcode import parallel
 from jaxcode.analysis import superposition as sup
 from jaxcode.experiments import superposition as exp
 from jaxcode.errors import ConfigError
-from jaxcode.train import loop
 from launch_util import REPO, cpu_env, free_port
 
 

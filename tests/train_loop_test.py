@@ -8,7 +8,6 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs._train import default_train_config

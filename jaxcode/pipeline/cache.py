@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxcode.data import activations as acts
 from jaxcode.data import corpus as corpus_lib
-from jaxcode.errors import ConfigError, Preempted
+from jaxcode.errors import ConfigError, Preempted, positive_int
 from jaxcode.pipeline import stage
 
 CACHE = "activations"       # the cache's folder inside the stage folder
@@ -51,12 +51,6 @@ def compute_dtype(block):
   return COMPUTE_DTYPES[setting(block, "compute_dtype")]
 
 
-def _positive(name: str, v) -> int:
-  if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-    raise ConfigError(f"{name}={v!r}: expected a positive integer")
-  return v
-
-
 def validate_block(block, hookpoints, data_axis: int, where: str = "") -> None:
   """Checks of the block alone (no files read); `data_axis` is the mesh's data axis size;
   `where` prefixes field names (e.g. 'extract.')."""
@@ -73,7 +67,7 @@ def _validate_block(block, hookpoints, data_axis: int) -> None:
   if cd not in COMPUTE_DTYPES:
     raise ConfigError(f"compute_dtype={cd!r}: expected one of {sorted(COMPUTE_DTYPES)}")
   for name in ("seq_len", "batch_size", "rows_per_chunk"):
-    _positive(name, block[name])
+    positive_int(name, block[name])
   if block.rows_per_chunk % block.batch_size:
     raise ConfigError(f"rows_per_chunk={block.rows_per_chunk}: expected a multiple of "
                       f"batch_size={block.batch_size}")

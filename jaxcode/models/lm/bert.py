@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcode.errors import ConfigError
 from jaxcode.models.lm.layers import (activation, attention_bias, block_edits, check_inputs, dense,
