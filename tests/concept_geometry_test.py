@@ -270,7 +270,7 @@ def test_experiment_sae_d_in_mismatch(tmp_path, monkeypatch, minilm):
              "W_dec": rng.standard_normal((16, 8)).astype(np.float32),
              "b_dec": np.zeros(8, np.float32)}, str(d / "sae_weights.safetensors"))
   (d / "cfg.json").write_text('{"architecture": "standard", "d_in": 8, "d_sae": 16}')
-  with pytest.raises(ConfigError, match="d_in=8 but the activations .* have width 384"):
+  with pytest.raises(ConfigError, match="dictionary d_in=8 does not match hookpoint blocks.1.resid_post of width 384"):
     _run_tiny(tmp_path, monkeypatch, minilm, sae_paths=("", str(d)))   # layer 0 trained
 
 

@@ -301,10 +301,18 @@ def _add_emergence(records: list[dict]) -> None:
 # Residual (skip) edges, optional: x_b(i) -> attn_out_b(i) and attn_out_b(i) -> x_{b+1}(i)
 # for every d_model index i sampled in both (the residual stream around attention and MLP).
 
+# Decoder families (Llama, Qwen, Gemma: jaxcode.models.lm.llama / gemma) differ in two ways,
+# both handled without changing the classic layout's sampling: grouped-query attention, where
+# q is [d, H*hd] and k, v are [d, N*hd] (the qkv node layer stacks [q | k | v], the heads
+# layer has H*hd nodes, and S k- and v-outputs are drawn from the N*hd of each; as in the
+# released layout every sampled k, v output links to every head node), and the gated MLP
+# down(act(gate(x)) * up(x)), whose MLP-input kernel is taken to be the gate projection (the
+# one the nonlinearity acts on, the role c_fc plays in GPT-2).
 LM_LAYOUTS = {   # model_type: (block prefix, (q, k, v), attention out, MLP in, MLP out)
     "gpt2": ("h_", ("q", "k", "v"), "c_proj_attn", "c_fc", "c_proj_mlp"),
     "gpt_neox": ("layers_", ("q", "k", "v"), "attn_dense", "dense_h_to_4h", "dense_4h_to_h"),
     "bert": ("layer_", ("query", "key", "value"), "attn_dense", "intermediate", "output"),
+    "decoder": ("layers_", ("q", "k", "v"), "o", "gate", "down"),
 }
 LM_LAYERS = ("x", "qkv", "heads", "attn_out", "mlp")   # node layers per block (then final x)
 
@@ -340,7 +348,8 @@ def lm_model_type(params) -> str:
     if isinstance(block, dict) and all(n in block for n in (*qkv, ao, mi, mo)):
       return name
   raise ConfigError(f"params with top-level keys {sorted(map(str, keys))[:6]}: architecture not "
-                    f"known, expected a GPT-2, GPT-NeoX or BERT tree of jaxcode.models.lm")
+                    f"known, expected a GPT-2, GPT-NeoX, BERT, Llama, Qwen or Gemma tree of "
+                    f"jaxcode.models.lm")
 
 
 def lm_blocks(params, model_type: str | None = None) -> list[dict]:
@@ -366,31 +375,49 @@ def lm_dims(blocks) -> tuple[int, int, int]:
   return blocks[0]["q"].shape[0], blocks[0]["mlp_in"].shape[1], len(blocks)
 
 
-def lm_sample(d_model: int, d_mlp: int, n_blocks: int, S: int, seed: int) -> list[np.ndarray]:
+def lm_attn_dims(blocks) -> tuple[int, int]:
+  """(d_attn, d_kv): the widths of the q and of the k (= v) outputs (both d_model unless
+  the heads are narrower, wider or grouped)."""
+  return blocks[0]["q"].shape[1], blocks[0]["k"].shape[1]
+
+
+def _check_S(S: int, widths: dict) -> None:
+  positive_int("S", S)
+  for name, (need, width) in widths.items():
+    if need > width:
+      raise ConfigError(f"S={S}: {need} sampled neurons exceed the {name} layer's width "
+                        f"{width}, expected S <= {width * S // need}")
+
+
+def lm_sample(d_model: int, d_mlp: int, n_blocks: int, S: int, seed: int,
+              d_attn: int | None = None, d_kv: int | None = None) -> list[np.ndarray]:
   """Sorted neuron indices of every node layer (LM_LAYERS per block, then the final x).
 
   qkv indices are global rows of the stacked [q | k | v] outputs: h, h + d, h + 2d for
   the head indices h (the released code's nums2 from nums3); S of d_model for x, heads
-  and attn_out, 2S of d_mlp for the MLP hidden layer, all seeded.
+  and attn_out, 2S of d_mlp for the MLP hidden layer, all seeded. With d_attn / d_kv (the
+  q and k widths, when they differ from d_model) the heads are S of d_attn and the k and v
+  outputs S of d_kv each, drawn after the block's other layers.
   """
-  positive_int("S", S)
-  if S > d_model:
-    raise ConfigError(f"S={S}: larger than a layer of width d_model={d_model}, expected S <= {d_model}")
-  if 2 * S > d_mlp:
-    raise ConfigError(f"S={S}: 2S={2 * S} larger than the MLP layer of width {d_mlp}, "
-                      f"expected S <= {d_mlp // 2}")
+  d_attn, d_kv = d_attn or d_model, d_kv or d_model
+  classic = d_attn == d_kv == d_model
+  _check_S(S, {"d_model": (S, d_model), "MLP hidden": (2 * S, d_mlp),
+               "attention": (S, min(d_attn, d_kv))})
   rng = np.random.default_rng(seed)
   pick = lambda w, n: np.sort(rng.choice(w, n, replace=False))
   out = []
   for _ in range(n_blocks):
-    x, heads, ao, mlp = pick(d_model, S), pick(d_model, S), pick(d_model, S), pick(d_mlp, 2 * S)
-    out += [x, np.concatenate([heads, heads + d_model, heads + 2 * d_model]), heads, ao, mlp]
+    x, heads, ao, mlp = pick(d_model, S), pick(d_attn, S), pick(d_model, S), pick(d_mlp, 2 * S)
+    k, v = (heads, heads) if classic else (pick(d_kv, S), pick(d_kv, S))
+    qkv = np.concatenate([heads, k + d_attn, v + d_attn + d_kv])
+    out += [x, qkv, heads, ao, mlp]
   return out + [pick(d_model, S)]
 
 
 def lm_network(blocks, indices, residual: bool = False) -> Network:
   """The sampled network of a list of lm_blocks under lm_sample indices."""
   d, d_mlp, n_blocks = lm_dims(blocks)
+  d_attn = lm_attn_dims(blocks)[0]
   if len(indices) != 5 * n_blocks + 1:
     raise ConfigError(f"indices for {(len(indices) - 1) / 5:g} blocks: the params have {n_blocks}")
   kernels, stds, names, skips = [], [], [], []
@@ -398,7 +425,7 @@ def lm_network(blocks, indices, residual: bool = False) -> Network:
     x, qkv, heads, ao, mlp = indices[5 * b:5 * b + 5]
     nxt = indices[5 * b + 5]
     full_qkv = np.concatenate([w["q"], w["k"], w["v"]], axis=1)          # [d, 3d]
-    syn = np.where(qkv[:, None] < d, qkv[:, None] == heads[None], True).astype(np.float64)
+    syn = np.where(qkv[:, None] < d_attn, qkv[:, None] == heads[None], True).astype(np.float64)
     kernels += [full_qkv[np.ix_(x, qkv)], syn, w["attn_out"][np.ix_(heads, ao)],
                 w["mlp_in"][np.ix_(ao, mlp)], w["mlp_out"][np.ix_(mlp, nxt)]]
     stds += [float(full_qkv.std()), None, float(w["attn_out"].std()), float(w["mlp_in"].std()),
@@ -429,7 +456,8 @@ def analyse_lm_series(params_series: Sequence[Any], model_type: str | None = Non
                       S: int = 64, seeds: Sequence[int] = (0,), null_seed: int = 1,
                       mode: str = "paper", filter_mode: int = 0, residual: bool = False,
                       **spectrum_kw) -> dict:
-  """analyse_series for GPT-2 / GPT-NeoX / BERT params trees (the released block layout).
+  """analyse_series for jaxcode.models.lm params trees (the released block layout; GPT-2,
+  GPT-NeoX, BERT, and Llama / Qwen / Gemma as LM_LAYOUTS describes).
 
   One lm_sample per seed, reused across the series; the null redraws each real-weight
   kernel per checkpoint and sample at its checkpoint's full-layer std.
@@ -444,7 +472,8 @@ def analyse_lm_series(params_series: Sequence[Any], model_type: str | None = Non
       raise ConfigError(f"checkpoint {t} is {types[t]} (d_model, d_mlp, blocks)="
                         f"{lm_dims(blocks)}: expected {arch0[0]} {arch0[1]} (the first "
                         f"checkpoint's or the given model_type)")
-  samples = [lm_sample(*lm_dims(series[0]), S, s) for s in seeds]
+  d_attn, d_kv = lm_attn_dims(series[0])
+  samples = [lm_sample(*lm_dims(series[0]), S, s, d_attn, d_kv) for s in seeds]
   records = []
   for t, blocks in enumerate(series):
     nets = [lm_network(blocks, idx, residual) for idx in samples]

@@ -81,18 +81,6 @@ def validate(config, workdir: str) -> tuple[list[int], list[str]]:
   return layers, paths
 
 
-def load_external_sae(path: str):
-  if path.endswith(".npz"):
-    return sae_io.load_gemma_scope_npz(path)
-  return sae_io.load_saelens(path)
-
-
-def check_sae_width(sae, width: int, where: str):
-  if sae.d_in != width:
-    raise ConfigError(f"SAE {where} has d_in={sae.d_in} but the activations it is applied to "
-                      f"have width {width}: expected the SAE of this model and hookpoint")
-
-
 # ------------------------------------------------------------------ word pairs
 
 def read_pairs(path: str) -> dict[str, list[tuple[str, str]]]:
@@ -288,13 +276,15 @@ def run(config, workdir: str) -> dict:
   return workdir_lib.run_owned(workdir, config, "concept_geometry", lambda: _run(config, workdir))
 
 
-def _external_saes(layers, paths, width: int) -> dict:
-  """The given SAEs by layer, loaded and checked against the hookpoint width."""
+def _external_saes(layers, paths, width: int, hookpoint) -> dict:
+  """The given dictionaries by layer (any published layout, jaxcode.models.sae_formats),
+  loaded and checked against the hookpoint width."""
+  from jaxcode.models import sae_formats
   saes = {}
   for l, p in zip(layers, paths):
     if p:
-      saes[l] = load_external_sae(p)
-      check_sae_width(saes[l], width, repr(p))
+      saes[l] = sae_formats.load_dictionary(p)
+      sae_io.check_width(saes[l], width, hookpoint(l))
   return saes
 
 
@@ -308,7 +298,8 @@ def _run(config, workdir: str) -> dict:
   body_len = int(config.corpus.seq_len) - len(prefix) - len(suffix)
   cg.check_block_len(config.lobes.block_len, body_len, "lobes.block_len")
   width = lm.hookpoint_width(hooks[0])
-  saes = _external_saes(layers, paths, width)                  # checked before compute
+  saes = _external_saes(layers, paths, width,                  # checked before compute
+                        lambda l: f"blocks.{l}.{config.hook}")
   mesh = None if all(paths) else _sae_mesh(config, width)
   pairs, pair_counts = _pairs(config, lm.tokenizer)
 

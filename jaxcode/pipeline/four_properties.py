@@ -241,26 +241,23 @@ def represent(lm, ids_list, positions, hooks, batch: int, length: int) -> dict[s
 # ------------------------------------------------------------------ SAEs
 
 def saes_from_paths(paths, n_layers: int, d_model: int) -> list | None:
-  """SAELens exports, one per analysed layer in layer order ('' for none), loaded (None for
-  '', and None for no paths at all); n_layers counts the analysed layers (embed included)."""
+  """Dictionaries (SAELens exports or any layout jaxcode.models.sae_formats reads), one per
+  analysed layer in layer order ('' for none), loaded (None for '', and None for no paths at
+  all); n_layers counts the analysed layers (embed included)."""
   paths = list(paths)
   if not paths:
     return None
   if len(paths) != n_layers:
     raise ConfigError(f"sae_paths has {len(paths)} entries: expected one per analysed layer "
                       f"({n_layers}: embed and each block), '' for none")
-  from jaxcode.models import sae_io
+  from jaxcode.models import sae_formats, sae_io
   saes = []
   for i, p in enumerate(paths):
     if not p:
       saes.append(None)
       continue
-    if not os.path.isdir(p):
-      raise ConfigError(f"sae_paths[{i}]={p!r} is not a directory: expected a SAELens export")
-    sae = sae_io.load_saelens(p)
-    if sae.d_in != d_model:
-      raise ConfigError(f"sae_paths[{i}]={p!r} has d_in={sae.d_in}: expected the model width "
-                        f"{d_model}")
+    sae = sae_formats.load_dictionary(p)          # any published layout
+    sae_io.check_width(sae, d_model, "embed" if i == 0 else f"blocks.{i - 1}.resid_post")
     saes.append(sae)
   return saes
 

@@ -113,9 +113,12 @@ def parse_spec(spec: str) -> tuple[str, str, Any]:
         raise ConfigError(f"checkpoint {spec!r}: step {step!r} not saved, expected one of {steps}")
       return "orbax", path, [int(step)]
     return "orbax", path, steps
+  if spec.endswith(".gguf") and os.path.isfile(os.path.expanduser(spec)):
+    return "local", spec, None            # converted by model_lib.resolve
   if not os.path.isdir(os.path.expanduser(spec)):
-    raise ConfigError(f"checkpoint {spec!r}: not a directory, expected minilm, hub:ID@REV, "
-                      f"orbax:RUN_DIR or a local Hugging Face checkpoint directory")
+    raise ConfigError(f"checkpoint {spec!r}: not a directory, expected "
+                      f"{', '.join(model_lib.ALIASES)}, hub:ID@REV, orbax:RUN_DIR, a .gguf file "
+                      f"or a local Hugging Face checkpoint directory")
   return "local", spec, None
 
 
