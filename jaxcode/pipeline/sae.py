@@ -192,6 +192,19 @@ def _train_and_evaluate(block, folder: str, source, cfg, mesh, on_metrics, figur
   return out
 
 
+def _source_facts(source) -> dict:
+  """What SAELens' metadata block records of the data, where the source knows it: the
+  hookpoint (our names), the model and the context length of an activation cache or LM."""
+  facts = {"hook_name": getattr(source, "hookpoint", None) or None}
+  manifest = getattr(getattr(source, "cache", None), "manifest", None)
+  if manifest:
+    facts.update(model_name=manifest.get("model"), context_size=manifest.get("seq_len"))
+  lm = getattr(source, "lm", None)
+  if lm is not None:
+    facts.update(model_name=lm.model_dir, context_size=int(source.ids.shape[1]))
+  return facts
+
+
 def _evaluate_one(block, folder: str, source, cfg, params, aux, i: int, x_eval_ND,
                   main: bool) -> dict:
   """SAE i of the (host) parameters: its metrics, and its export on the main process."""
@@ -211,5 +224,6 @@ def _evaluate_one(block, folder: str, source, cfg, params, aux, i: int, x_eval_N
   if main:
     rec["export"] = sae_io.export_saelens(
         os.path.join(folder, "export", name), cfg, p_i, a_i,
-        metadata={"label": rec["label"], "data": source.kind, "steps": int(block.steps)})
+        metadata={"label": rec["label"], "data": source.kind, "steps": int(block.steps)},
+        **_source_facts(source))
   return rec
