@@ -9,8 +9,11 @@ so a shared machine's changing load affects them alike.
 - the end-to-end extraction (jaxcode.data.activations.extract) into a temporary cache (forward, host copy, dropping special
   tokens, casting, writing chunks and checksums): cached tokens/s;
 - when torch is importable: HF transformers' PyTorch model (AutoModel, eval, inference
-  mode, output_hidden_states) on the same batches, positions/s and the ratio JAX/PyTorch,
-  with the largest difference of the last hidden state as a sanity check.
+  mode, eager attention, as many threads as cores, output_hidden_states) loaded from the same
+  checkpoint directory (for a GGUF model: the same dequantized float32 weights) on the same
+  batches, positions/s and the ratio JAX/PyTorch, with the largest difference of the final
+  hidden state as a sanity check;
+- the peak resident memory of the process before PyTorch loads (ours) and after.
 """
 
 from __future__ import annotations
@@ -29,10 +32,21 @@ from jaxcode.data import corpus as corpus_lib
 from jaxcode.pipeline import model as model_lib
 
 
+def _block0(params) -> dict:
+  """The first block's parameter tree (h_0, layer_0 or layers_0, by architecture)."""
+  return next(v for k, v in params.items() if k.endswith("_0") and isinstance(v, dict))
+
+
 def forward_flops(lm, n_blocks: int, batch: int, seq: int) -> float:
-  """Matmul FLOPs of n_blocks transformer blocks on [batch, seq] (2 per multiply-add)."""
-  D, F = lm.d_model, lm.module.d_mlp
-  per_token = 2 * (4 * D * D + 2 * D * F) + 2 * 2 * seq * D   # projections, MLP, QK^T and PV
+  """Matmul FLOPs of n_blocks transformer blocks on [batch, seq] (2 per multiply-add):
+  every projection kernel of a block (attention, gated or plain MLP, whatever the family's
+  head and KV widths), plus QK^T and PV over the attention width (H * head_dim)."""
+  blk = _block0(lm.params)
+  weights = sum(int(np.prod(v["kernel"].shape)) for v in blk.values()
+                if isinstance(v, dict) and "kernel" in v)
+  q = blk.get("q", blk.get("query"))
+  width = int(q["kernel"].shape[1]) if q is not None else lm.d_model
+  per_token = 2 * weights + 2 * 2 * seq * width
   return float(n_blocks * batch * seq * per_token)
 
 
@@ -67,11 +81,17 @@ def extract_pass(lm, hookpoints, packed, batch_size: int, root: str):
   return once
 
 
-def torch_pass(model_dir: str, batches):
-  """(one pass of HF PyTorch over all batches, its last hidden states of batch 0, info)."""
+def torch_pass(model_dir: str, batches, threads: int):
+  """(one pass of HF PyTorch over all batches, its last hidden states of batch 0, info).
+
+  HF's hidden_states[-1] is the final-norm output for decoders and the last block's output
+  for BERT: what our `final` hookpoint holds in each. Eager attention (the reference
+  implementation), `threads` intra-op threads (as many as XLA uses)."""
   import torch
   import transformers
-  model = transformers.AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+  torch.set_num_threads(threads)
+  model = transformers.AutoModel.from_pretrained(model_dir, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
   tb = [(torch.from_numpy(i.astype(np.int64)), torch.from_numpy(m.astype(np.int64)))
         for i, m in batches]
 
@@ -80,6 +100,12 @@ def torch_pass(model_dir: str, batches):
       return [model(input_ids=i, attention_mask=m, output_hidden_states=True).hidden_states[-1]
               for i, m in tb]
   return once, once()[0].numpy(), (torch.__version__, torch.get_num_threads())
+
+
+def _peak_rss_gib() -> float:
+  """The process's peak resident memory so far (host RAM; on CPU this is the model's)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 def interleaved_seconds(fns: dict, repeats: int) -> dict:
@@ -114,9 +140,11 @@ def run(config) -> dict:
   mm = jax.jit(lambda a: a @ a)
   fns["matmul"] = lambda: common.block(mm(a))
   fns["matmul"]()
+  out_rss = _peak_rss_gib()           # ours alone, before PyTorch loads its copy
   try:
     import torch  # noqa: F401
-    fns["torch"], ref_last, (version, threads) = torch_pass(lm.model_dir, batches)
+    fns["torch"], ref_last, (version, threads) = torch_pass(lm.model_dir, batches,
+                                                            os.cpu_count() or 1)
   except ImportError:
     version = None
   sub = packed.take_rows(np.arange(len(batches) * B))
@@ -138,6 +166,7 @@ def run(config) -> dict:
          "matmul_f32_flops_per_s": peak,
          "jax_fraction_of_matmul_rate": flops / jax_s / peak}
 
+  out["peak_rss_gib"] = out_rss
   out["extract_cached_tokens"] = cached
   out["extract_cached_tokens_per_s"] = cached / secs["extract"]
   out["extract_positions_per_s"] = positions / secs["extract"]
@@ -147,10 +176,13 @@ def run(config) -> dict:
     out["torch"] = "not installed: no PyTorch comparison"
     return out
   torch_s = secs["torch"]
-  ours = np.asarray(lm.apply(*batches[0], hookpoints[-1:])[hookpoints[-1]])
+  ours = np.asarray(lm.apply(*batches[0], ("final",))["final"])
   m = batches[0][1].astype(bool)
   out.update(torch=version, torch_threads=threads, torch_positions_per_s=positions / torch_s,
              jax_over_torch=torch_s / jax_s,
              extract_over_torch_forward=torch_s / secs["extract"],
-             max_abs_diff_last_hidden=float(np.max(np.abs(ours[m] - ref_last[m]))))
+             max_abs_diff_last_hidden=float(np.max(np.abs(ours[m] - ref_last[m]))),
+             max_rel_diff_last_hidden=float(np.max(np.abs(ours[m] - ref_last[m]))
+                                            / np.max(np.abs(ref_last[m]))),
+             peak_rss_gib_with_torch=_peak_rss_gib())
   return out
