@@ -1,11 +1,12 @@
 """Parity of our Flax GPT-2, GPT-NeoX and BERT with HF transformers' PyTorch models.
 
 Reference: tests/fixtures/lm/<arch>/reference.safetensors, written once by
-tests/make_lm_fixtures.py with transformers 5.23 + torch 2.13 (CPU, float32, eager
+tests/make_lm_fixtures.py with transformers 5.24 + torch 2.13 (CPU, float32, eager
 attention) from forward hooks on the HF modules, for random-weight 2-layer d=32
 checkpoints (LayerNorm gains and all biases randomised, so no term is trivially 0/1),
-on a batch with one right-padded row. Every hookpoint and the logits must agree within
-1e-5 relative error (max |ours - theirs| / max |theirs|) at every position.
+on a batch with one right-padded row. Every hookpoint (resid_mid and mlp_in included) and
+the logits must agree within 1e-5 relative error (max |ours - theirs| / max |theirs|) at
+every position. The decoder families (Llama, Qwen, Gemma) are in lm_decoder_test.py.
 """
 
 import json
@@ -35,6 +36,31 @@ def reference(arch):
   return load_file(os.path.join(FIX, arch, "reference.safetensors"))
 
 
+def check_edits_at_new_hookpoints(lm, ids, mask, block: int = 0):
+  """Edits at resid_mid and mlp_in of one block (run up to that block, the four variants
+  in one compiled program): identity edits change nothing; scaling mlp_in changes
+  what the MLP reads and the block output but not the residual stream before it; adding a
+  ramp to resid_mid changes the block output."""
+  b = f"blocks.{block}."
+  ramp = lambda x: x + jnp.linspace(-1.0, 1.0, x.shape[-1], dtype=x.dtype)  # LayerNorm keeps it
+  variants = (None, {b + "resid_mid": lambda x: x, b + "mlp_in": lambda x: x},
+              {b + "mlp_in": lambda x: 0.5 * x}, {b + "resid_mid": ramp})
+
+  @jax.jit
+  def run_all(params, ids, mask):
+    return [lm.module.apply({"params": params}, ids, mask, block + 1, False, edits=e)
+            for e in variants]
+
+  base, same, half, shift = run_all(lm.params, jnp.asarray(ids), jnp.asarray(mask))
+  for n in base:
+    assert rel_err(same[n], base[n]) < 1e-6, n
+  assert rel_err(half[b + "mlp_in"], 0.5 * base[b + "mlp_in"]) < 1e-6
+  assert rel_err(half[b + "resid_mid"], base[b + "resid_mid"]) < 1e-6
+  for n in (b + "mlp_hidden", b + "mlp_out", b + "resid_post"):
+    assert rel_err(half[n], base[n]) > 1e-3, n
+  assert rel_err(shift[b + "resid_post"], base[b + "resid_post"]) > 1e-3
+
+
 @pytest.fixture(scope="module", params=ARCHS)
 def loaded(request):
   return request.param, load_pretrained(os.path.join(FIX, request.param))
@@ -50,6 +76,13 @@ def test_every_hookpoint_matches_hf_torch(loaded):
   print(arch, "max rel err", max(errs.values()), max(errs, key=errs.get))
   bad = {n: e for n, e in errs.items() if e > 1e-5}
   assert not bad, bad
+
+
+def test_edits_at_resid_mid_and_mlp_in(loaded):
+  """Spliced-in functions at the new hookpoints act where HF's block computes them."""
+  arch, lm = loaded
+  ref = reference(arch)
+  check_edits_at_new_hookpoints(lm, ref["input_ids"], ref["attention_mask"])
 
 
 def test_tokenizer_reproduces_reference_ids(loaded):

@@ -4,12 +4,16 @@ sentence embeddings.
 
 Needs torch (not a jaxcode dependency); run it from a separate virtualenv:
   python3 -m venv /work/torchvenv
-  /work/torchvenv/bin/pip install torch==2.13.0 transformers safetensors numpy tokenizers
+  /work/torchvenv/bin/pip install torch==2.13.0 transformers==5.24.0 safetensors numpy tokenizers
   /work/torchvenv/bin/python tests/make_lm_fixtures.py [--minilm DIR]
 
 Reference hookpoints come from forward hooks on the HF modules (names as in
 jaxcode.models.lm): block input/output (resid_pre/resid_post), the attention output
-projection, the MLP activation module and MLP output projection, the final norm, logits.
+projection, the pre-MLP norm's input and output (resid_mid/mlp_in; BERT: the attention
+LayerNorm output and the intermediate dense input; GPT-NeoX's parallel residual:
+resid_pre + attn_out), the MLP activation module and MLP output projection, the final norm,
+logits. The random weights depend only on the seeds, so regenerating keeps every earlier
+reference value.
 """
 
 import argparse
@@ -47,18 +51,21 @@ def make_tokenizer(specials, lowercase=False, template=None):
   return tok, len(vocab)
 
 
-def randomize(model, seed):
+def randomize(model, seed, norm_center=1.0):
+  """Every parameter drawn from the seed: norm gains norm_center + 0.1 N(0, 1) (Gemma's
+  gains are 1 + w, so its center is 0), everything else 0.15 N(0, 1)."""
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
       if p.ndim == 1 and ("norm" in name.lower() or "ln_" in name) and name.endswith("weight"):
-        p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+        p.copy_(norm_center + 0.1 * torch.randn(p.shape, generator=g))
       else:
         p.copy_(0.15 * torch.randn(p.shape, generator=g))
 
 
-def capture(model, blocks, parts, final_mod):
-  """Registers hooks; returns the dict they fill."""
+def capture(model, blocks, parts, final_mod, inputs=None):
+  """Registers hooks; returns the dict they fill. parts: hookpoint kind -> the block's
+  submodule whose output it is; inputs: kind -> the submodule whose first input it is."""
   out = {}
 
   def first(x):
@@ -75,6 +82,10 @@ def capture(model, blocks, parts, final_mod):
       def h(mod, args, output, i=i, kind=kind):
         out[f"blocks.{i}.{kind}"] = first(output).detach()
       getter(blk).register_forward_hook(h)
+    for kind, getter in (inputs or {}).items():
+      def h_in(mod, args, kwargs, i=i, kind=kind):
+        out[f"blocks.{i}.{kind}"] = (args[0] if args else kwargs["hidden_states"]).detach()
+      getter(blk).register_forward_pre_hook(h_in, with_kwargs=True)
   if final_mod is not None:
     final_mod.register_forward_hook(lambda m, a, o: out.__setitem__("final", first(o).detach()))
   return out
@@ -89,7 +100,8 @@ def build(kind):
     model = transformers.GPT2LMHeadModel(cfg)
     blocks, body = model.transformer.h, model.transformer
     parts = {"attn_out": lambda b: b.attn.c_proj, "mlp_hidden": lambda b: b.mlp.act,
-             "mlp_out": lambda b: b.mlp.c_proj}
+             "mlp_out": lambda b: b.mlp.c_proj, "mlp_in": lambda b: b.ln_2}
+    inputs = {"resid_mid": lambda b: b.ln_2}
     final_mod = body.ln_f
     specials = dict(eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<pad>")
   elif kind in ("gpt_neox", "gpt_neox_seq"):
@@ -107,7 +119,10 @@ def build(kind):
     model = transformers.GPTNeoXForCausalLM(cfg)
     blocks, body = model.gpt_neox.layers, model.gpt_neox
     parts = {"attn_out": lambda b: b.attention.dense, "mlp_hidden": lambda b: b.mlp.act,
-             "mlp_out": lambda b: b.mlp.dense_4h_to_h}
+             "mlp_out": lambda b: b.mlp.dense_4h_to_h,
+             "mlp_in": lambda b: b.post_attention_layernorm}
+    # sequential: the pre-MLP norm reads resid_mid; parallel: make() adds resid_pre + attn_out
+    inputs = {"resid_mid": lambda b: b.post_attention_layernorm} if seq else {}
     final_mod = body.final_layer_norm
     specials = dict(eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<pad>")
   elif kind == "bert":
@@ -121,12 +136,14 @@ def build(kind):
     blocks, body = model.bert.encoder.layer, model.bert
     parts = {"attn_out": lambda b: b.attention.output.dense,
              "mlp_hidden": lambda b: b.intermediate,
-             "mlp_out": lambda b: b.output.dense}
+             "mlp_out": lambda b: b.output.dense,
+             "resid_mid": lambda b: b.attention.output.LayerNorm}
+    inputs = {"mlp_in": lambda b: b.intermediate.dense}
     final_mod = None
     specials = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
                     mask_token="[MASK]")
   cfg._attn_implementation = "eager"
-  return tok, model, blocks, parts, final_mod, specials
+  return tok, model, blocks, (parts, inputs), final_mod, specials
 
 
 def make(kind, seed):
@@ -140,9 +157,12 @@ def make(kind, seed):
   fast.save_pretrained(out_dir)
   enc = fast(TEXTS, padding=True, return_tensors="pt")
   ids, mask = enc["input_ids"], enc["attention_mask"]
-  rec = capture(model, blocks, parts, final_mod)
+  rec = capture(model, blocks, parts[0], final_mod, parts[1])
   with torch.no_grad():
     res = model(input_ids=ids, attention_mask=mask)
+  for i in range(len(blocks)):
+    rec.setdefault(f"blocks.{i}.resid_mid",
+                   rec[f"blocks.{i}.resid_pre"] + rec[f"blocks.{i}.attn_out"])
   rec["embed"] = rec["blocks.0.resid_pre"]
   if final_mod is None:
     rec["final"] = rec[f"blocks.{len(blocks) - 1}.resid_post"]

@@ -4,8 +4,12 @@
   ids, mask = lm.tokenize(["some text"])
   acts = lm.apply(ids, mask, ["blocks.0.resid_post", "final"])   # {name: array}
 
-Hookpoints: embed, blocks.{i}.{resid_pre,attn_out,mlp_hidden,mlp_out,resid_post}, final,
-logits. Architectures: gpt2.py, gpt_neox.py (Pythia), bert.py; loading in hf.py.
+Hookpoints: embed, blocks.{i}.{resid_pre, attn_out, resid_mid, mlp_in, mlp_hidden, mlp_out,
+resid_post}, final, logits (layers.py says what each is; attn_out and mlp_out are what the
+sub-blocks add to the residual stream, mlp_in what the MLP reads). Architectures (HF
+model_type): gpt2.py (gpt2), gpt_neox.py (gpt_neox, Pythia), bert.py (bert), llama.py
+(llama incl. SmolLM2, qwen2, qwen3), gemma.py (gemma2, gemma3_text, gemma3's language
+model); the shared pieces in layers.py; loading in hf.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Per block, as HF transformers' BertLayer computes it:
 Hookpoints: `embed` after the embedding LayerNorm; `attn_out` = attention.output.dense
 output and `mlp_out` = output.dense output, both before the residual add and LayerNorm;
 `mlp_hidden` = intermediate activations after the nonlinearity; `resid_post` the block
-output. BERT has no final LayerNorm, so `final` is the last block's output (HF's
+output; `resid_mid` = a (the attention LayerNorm output) and `mlp_in` the same tensor, what
+the MLP reads (an edit at mlp_in reaches the MLP only, one at resid_mid also the residual
+that LN_out adds). BERT has no final LayerNorm, so `final` is the last block's output (HF's
 last_hidden_state). `logits` are the masked-LM head's (transform dense, act, LayerNorm,
 decoder tied to the word embeddings, plus bias) and need a checkpoint with an MLM head
 (BertForMaskedLM / BertForPreTraining); encoder-only checkpoints such as
@@ -39,7 +41,9 @@ class BertBlock(nn.Module):
     attn_BTD = self_attention(rec, x_BTD, bias_B1QK, self.n_heads, K ** -0.5,
                               ("query", "key", "value", "attn_dense"), self.dtype, edits)
     a_BTD = layer_norm(self.eps, "attn_ln", self.dtype)(x_BTD + attn_BTD)
-    mlp_BTD = mlp(rec, a_BTD, self.d_mlp, self.act, ("intermediate", "output"), self.dtype, edits)
+    a_BTD = hook(rec, "resid_mid", a_BTD, edits)
+    h_BTD = hook(rec, "mlp_in", a_BTD, edits)
+    mlp_BTD = mlp(rec, h_BTD, self.d_mlp, self.act, ("intermediate", "output"), self.dtype, edits)
     y_BTD = layer_norm(self.eps, "output_ln", self.dtype)(a_BTD + mlp_BTD)
     y_BTD = hook(rec, "resid_post", y_BTD, edits)
     return y_BTD, rec

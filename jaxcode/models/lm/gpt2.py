@@ -3,8 +3,9 @@
 Per block, as HF transformers' GPT2Block computes it (pre-LayerNorm):
   a = x + Attn(LN_1(x));  y = a + MLP(LN_2(a))
 Hookpoints per block as in layers.py: `attn_out` is the attention c_proj output and `mlp_out`
-the MLP c_proj output (both before the residual add); plus `embed` (token + position
-embedding), `final` (after ln_f) and `logits`.  The shared pieces live in layers.py.
+the MLP c_proj output (both before the residual add), `resid_mid` = a, `mlp_in` = LN_2(a);
+plus `embed` (token + position embedding), `final` (after ln_f) and `logits`. The shared
+pieces live in layers.py.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class GPT2Block(nn.Module):
     h_BTD = layer_norm(self.eps, "ln_1", self.dtype)(x_BTD)
     x_BTD = x_BTD + self_attention(rec, h_BTD, bias_B1QK, self.n_heads, self.scale,
                                    ("q", "k", "v", "c_proj_attn"), self.dtype, edits)
-    h_BTD = layer_norm(self.eps, "ln_2", self.dtype)(x_BTD)
+    x_BTD = hook(rec, "resid_mid", x_BTD, edits)
+    h_BTD = hook(rec, "mlp_in", layer_norm(self.eps, "ln_2", self.dtype)(x_BTD), edits)
     x_BTD = x_BTD + mlp(rec, h_BTD, self.d_mlp, self.act, ("c_fc", "c_proj_mlp"), self.dtype,
                         edits)
     x_BTD = hook(rec, "resid_post", x_BTD, edits)

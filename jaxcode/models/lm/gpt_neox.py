@@ -10,7 +10,10 @@ transformers 5 keeps rope settings in `config.rope_parameters`
 and `rotary_emb_base` are read when present.
 
 Hookpoints as in layers.py; `attn_out` is the attention `dense` output, `mlp_out` the
-`dense_4h_to_h` output (both before any residual add), `final` after final_layer_norm.
+`dense_4h_to_h` output (both before any residual add), `resid_mid` = x + attn_out (in the
+parallel layout it lies on no path HF computes; the block output is resid_mid + mlp_out, so
+an edit there reaches the output but not the MLP input), `mlp_in` = the
+post_attention_layernorm output, `final` after final_layer_norm.
 """
 
 from __future__ import annotations
@@ -56,11 +59,13 @@ class NeoXBlock(nn.Module):
     attn_BTD = self_attention(rec, h_BTD, bias_B1QK, self.n_heads, K ** -0.5,
                               ("q", "k", "v", "attn_dense"), self.dtype, edits, self.attn_bias,
                               rope=(self.n_rot, self.theta))
-    mlp_in_BTD = x_BTD if self.parallel else x_BTD + attn_BTD
-    h_BTD = layer_norm(self.eps, "post_attention_layernorm", self.dtype)(mlp_in_BTD)
+    mid_BTD = hook(rec, "resid_mid", x_BTD + attn_BTD, edits)
+    h_BTD = layer_norm(self.eps, "post_attention_layernorm", self.dtype)(
+        x_BTD if self.parallel else mid_BTD)
+    h_BTD = hook(rec, "mlp_in", h_BTD, edits)
     mlp_BTD = mlp(rec, h_BTD, self.d_mlp, self.act, ("dense_h_to_4h", "dense_4h_to_h"),
                   self.dtype, edits)
-    x_BTD = x_BTD + attn_BTD + mlp_BTD
+    x_BTD = mid_BTD + mlp_BTD
     x_BTD = hook(rec, "resid_post", x_BTD, edits)
     return x_BTD, rec
 

@@ -22,11 +22,13 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxcode import parallel
-from jaxcode.models.lm import bert, gpt2, gpt_neox
+from jaxcode.models.lm import bert, gemma, gpt2, gpt_neox, llama
 from jaxcode.errors import ConfigError
 
-ARCHS = {"gpt2": gpt2, "gpt_neox": gpt_neox, "bert": bert}
-BLOCK_HOOKS = ("resid_pre", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
+ARCHS = {"gpt2": gpt2, "gpt_neox": gpt_neox, "bert": bert,
+         **{t: llama for t in llama.MODEL_TYPES}, **{t: gemma for t in gemma.MODEL_TYPES}}
+BLOCK_HOOKS = ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_hidden", "mlp_out",
+               "resid_post")
 GLOBAL_HOOKS = ("embed", "final", "logits")
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.(\w+)")
 _HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -35,15 +37,34 @@ _INDEX = "model.safetensors.index.json"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model",
                     "spiece.model")
 
-# Megatron-style tensor parallelism on the `model` axis: input projections split their
-# output features, output projections their input features; the rest is replicated.
+# Megatron-style tensor parallelism on the `model` axis: input projections (q, k, v, gate,
+# up) split their output features, output projections (o, down) their input features; the
+# decoders' token embedding is split by vocabulary rows; norms and the rest are replicated.
+# sharding_rules() adds, per module, that attention projections whose heads do not divide
+# over the `model` axis stay whole (query/output: H heads, key/value: N KV heads).
 SHARDING_RULES = (
-    (r"(^|/)(q|k|v|query|key|value|c_fc|dense_h_to_4h|intermediate|embed_out)/kernel$",
-     P(None, parallel.MODEL)),
-    (r"(^|/)(q|k|v|query|key|value|c_fc|dense_h_to_4h|intermediate)/bias$", P(parallel.MODEL)),
-    (r"(^|/)(c_proj_attn|c_proj_mlp|attn_dense|dense_4h_to_h|output)/kernel$",
+    (r"(^|/)(q|k|v|query|key|value|c_fc|dense_h_to_4h|intermediate|embed_out|gate|up|lm_head)"
+     r"/kernel$", P(None, parallel.MODEL)),
+    (r"(^|/)(q|k|v|query|key|value|c_fc|dense_h_to_4h|intermediate|gate|up)/bias$",
+     P(parallel.MODEL)),
+    (r"(^|/)(c_proj_attn|c_proj_mlp|attn_dense|dense_4h_to_h|output|o|down)/kernel$",
      P(parallel.MODEL, None)),
+    (r"(^|/)embed_tokens/embedding$", P(parallel.MODEL, None)),
 )
+
+
+def sharding_rules(module, mesh: Mesh) -> tuple:
+  """SHARDING_RULES for this module on this mesh: K/V projections replicated unless the KV
+  heads divide over the `model` axis (likewise q/o and the query heads)."""
+  m = mesh.shape[parallel.MODEL]
+  heads = getattr(module, "n_heads", None)
+  kv_heads = getattr(module, "n_kv_heads", heads)
+  keep = []
+  if kv_heads and kv_heads % m:
+    keep.append((r"(^|/)(k|v)/(kernel|bias)$", P()))
+  if heads and heads % m:
+    keep.append((r"(^|/)(q|o)/(kernel|bias)$", P()))
+  return tuple(keep) + SHARDING_RULES
 
 
 # ---------------------------------------------------------------- locating files
@@ -239,7 +260,7 @@ class PretrainedLM:
     return out + ["final"] + (["logits"] if self.has_logits else [])
 
   def hookpoint_width(self, name: str) -> int:
-    if name.endswith("mlp_hidden"):
+    if name.endswith(".mlp_hidden"):  # every other block hookpoint is d_model wide
       return self.module.d_mlp
     return self.module.vocab if name == "logits" else self.module.d_model
 
@@ -286,7 +307,7 @@ def build_module(cfg, dtype=jnp.float32, has_head: bool = True):
   module = arch.from_hf_config(cfg, dtype=dtype)
   if cfg.model_type == "bert":
     module = module.clone(mlm_head=has_head)
-  elif cfg.model_type == "gpt_neox":
+  elif hasattr(module, "lm_head") and not getattr(module, "tied", False):
     module = module.clone(lm_head=has_head)
   return module
 
@@ -297,7 +318,7 @@ def load_params(cfg, reader: SafetensorsReader, module, mesh: Mesh | None = None
   abstract = jax.eval_shape(
       lambda: module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
                           jnp.ones((1, 2), jnp.int32), module.n_layers, True))["params"]
-  shardings = (parallel.tree_shardings(abstract, mesh, SHARDING_RULES)
+  shardings = (parallel.tree_shardings(abstract, mesh, sharding_rules(module, mesh))
                if mesh is not None else None)
   params: dict = {}
   available = set(reader.keys())
@@ -331,10 +352,10 @@ def has_head_weights(cfg, reader: SafetensorsReader) -> bool:
 
 def load_pretrained(path_or_id, revision: str | None = None, *, mesh: Mesh | None = None,
                     dtype=jnp.float32, tokenizer: bool = True) -> PretrainedLM:
-  """Loads a GPT-2, GPT-NeoX or BERT checkpoint (local dir or Hub id) into a PretrainedLM.
+  """Loads a checkpoint of one of ARCHS (local dir or Hub id) into a PretrainedLM.
 
   dtype is the compute dtype (jnp.bfloat16 for mixed precision); parameters stay float32.
-  With a mesh, parameters are laid out by SHARDING_RULES and inputs sharded over `data`.
+  With a mesh, parameters are laid out by sharding_rules() and inputs sharded over `data`.
   """
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16),
                               jnp.dtype(jnp.float16)):
