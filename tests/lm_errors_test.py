@@ -53,9 +53,9 @@ def test_revision_with_local_dir():
 def test_unsupported_model_type(copy):
   d = copy()
   cfg = json.loads((d / "config.json").read_text())
-  cfg["model_type"] = "llama"
+  cfg["model_type"] = "mamba"
   (d / "config.json").write_text(json.dumps(cfg))
-  one_line_error(lambda: load_pretrained(str(d)), "llama", "gpt_neox")
+  one_line_error(lambda: load_pretrained(str(d)), "mamba", "gpt_neox")
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.999])

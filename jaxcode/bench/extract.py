@@ -160,29 +160,29 @@ def run(config) -> dict:
   peak = 2.0 * n ** 3 / secs["matmul"]
   out = {"benchmark": "extract", "device": common.device_summary(), "model": name,
          "seq_len": T, "batch_size": B, "batches": len(batches), "positions": positions,
-         "hookpoints": len(hookpoints),
-         "jax_positions_per_s": positions / jax_s,
-         "jax_model_flops_per_s": flops / jax_s,
-         "matmul_f32_flops_per_s": peak,
-         "jax_fraction_of_matmul_rate": flops / jax_s / peak}
-
-  out["peak_rss_gib"] = out_rss
-  out["extract_cached_tokens"] = cached
-  out["extract_cached_tokens_per_s"] = cached / secs["extract"]
-  out["extract_positions_per_s"] = positions / secs["extract"]
-  out["extract_over_jax_forward"] = secs["jax"] / secs["extract"]
+         "hookpoints": len(hookpoints), "jax_positions_per_s": positions / jax_s,
+         "jax_model_flops_per_s": flops / jax_s, "matmul_f32_flops_per_s": peak,
+         "jax_fraction_of_matmul_rate": flops / jax_s / peak, "peak_rss_gib": out_rss,
+         "extract_cached_tokens": cached, "extract_cached_tokens_per_s": cached / secs["extract"],
+         "extract_positions_per_s": positions / secs["extract"],
+         "extract_over_jax_forward": secs["jax"] / secs["extract"]}
 
   if version is None:
     out["torch"] = "not installed: no PyTorch comparison"
     return out
+  out.update(_torch_numbers(lm, batches, ref_last, secs, positions), torch=version,
+             torch_threads=threads)
+  return out
+
+
+def _torch_numbers(lm, batches, ref_last, secs: dict, positions: int) -> dict:
+  """The ratios against HF PyTorch and the final-hidden-state check on batch 0."""
   torch_s = secs["torch"]
   ours = np.asarray(lm.apply(*batches[0], ("final",))["final"])
   m = batches[0][1].astype(bool)
-  out.update(torch=version, torch_threads=threads, torch_positions_per_s=positions / torch_s,
-             jax_over_torch=torch_s / jax_s,
-             extract_over_torch_forward=torch_s / secs["extract"],
-             max_abs_diff_last_hidden=float(np.max(np.abs(ours[m] - ref_last[m]))),
-             max_rel_diff_last_hidden=float(np.max(np.abs(ours[m] - ref_last[m]))
-                                            / np.max(np.abs(ref_last[m]))),
-             peak_rss_gib_with_torch=_peak_rss_gib())
-  return out
+  diff = np.abs(ours[m] - ref_last[m])
+  return dict(torch_positions_per_s=positions / torch_s, jax_over_torch=torch_s / secs["jax"],
+              extract_over_torch_forward=torch_s / secs["extract"],
+              max_abs_diff_last_hidden=float(np.max(diff)),
+              max_rel_diff_last_hidden=float(np.max(diff) / np.max(np.abs(ref_last[m]))),
+              peak_rss_gib_with_torch=_peak_rss_gib())
