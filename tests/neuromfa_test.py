@@ -143,3 +143,35 @@ def test_bad_inputs_raise_one_line():
     nm.analyse_series([p], S=3, mode="boxes")
   with pytest.raises(ConfigError, match="filter_mode"):
     nm.analyse_series([p], S=3, filter_mode=7)
+
+
+def test_decoder_network_reads_the_checkpoint_kernels():
+  """Gemma 3 (1 KV head of 8 dims, d 32, gated MLP) through the generalised LM layout: each
+  sampled kernel equals the slice of the HF weights (read straight from model.safetensors,
+  transposed from nn.Linear [out, in]) at the sampled indices; the k and v outputs are drawn
+  from the 8-wide KV width and link to every head node."""
+  import os
+  from safetensors.numpy import load_file
+  from jaxcode.models.lm import load_pretrained
+  fix = os.path.join(os.path.dirname(__file__), "fixtures", "lm", "gemma3_text")
+  params = load_pretrained(fix, tokenizer=False).params
+  hf = load_file(os.path.join(fix, "model.safetensors"))
+  assert nm.lm_model_type(params) == "decoder"
+  blocks = nm.lm_blocks(params)
+  assert nm.lm_dims(blocks) == (32, 48, 3) and nm.lm_attn_dims(blocks) == (32, 8)
+  idx = nm.lm_sample(32, 48, 3, 4, 0, 32, 8)
+  net = nm.lm_network(blocks, idx)
+  x, qkv, heads, ao, mlp = idx[5:10]                   # block 1
+  nxt = idx[10]
+  w = lambda name: hf[f"model.layers.1.{name}.weight"].T.astype(np.float64)
+  full_qkv = np.concatenate([w("self_attn.q_proj"), w("self_attn.k_proj"),
+                             w("self_attn.v_proj")], 1)
+  assert full_qkv.shape == (32, 48)
+  np.testing.assert_allclose(net.kernels[5], full_qkv[np.ix_(x, qkv)], rtol=1e-6)
+  np.testing.assert_allclose(net.kernels[7], w("self_attn.o_proj")[np.ix_(heads, ao)], rtol=1e-6)
+  np.testing.assert_allclose(net.kernels[8], w("mlp.gate_proj")[np.ix_(ao, mlp)], rtol=1e-6)
+  np.testing.assert_allclose(net.kernels[9], w("mlp.down_proj")[np.ix_(mlp, nxt)], rtol=1e-6)
+  assert (qkv[4:] >= 32).all() and (qkv[4:] < 48).all()      # k then v, inside the KV width
+  assert net.kernels[6][4:].all() and net.kernels[6][:4].sum() == 4
+  res = nm.analyse_lm_series([params], S=4, seeds=(0,))
+  assert res["model_type"] == "decoder" and np.isfinite(res["checkpoints"][0]["alpha0"])
