@@ -1,8 +1,10 @@
 """Hugging Face checkpoints into our Flax modules: config, tokenizer, safetensors weights.
 
 `load_pretrained(path_or_id, revision=None)` takes a local checkpoint directory
-(`model.safetensors` or a sharded `model.safetensors.index.json`) or, when online, a
-Hub id and revision (for example Pythia's `step1000`), fetched with huggingface_hub.
+(`model.safetensors` or a sharded `model.safetensors.index.json`), a llama.cpp `.gguf`
+file or the name of a packaged one ('gemma3-270m', 'smollm2-135m'; converted once into a
+cached HF-layout directory by gguf.py), or, when online, a Hub id and revision (for
+example Pythia's `step1000`), fetched with huggingface_hub.
 The config comes from transformers.AutoConfig, the tokenizer from AutoTokenizer (no
 torch needed), the weights from safetensors through each architecture's key map.
 Every input problem is a one-line jaxcode.errors.ConfigError raised before compute.
@@ -70,8 +72,15 @@ def sharding_rules(module, mesh: Mesh) -> tuple:
 # ---------------------------------------------------------------- locating files
 
 def resolve_dir(path_or_id: str, revision: str | None = None) -> str:
-  """A local checkpoint directory: the path itself, or a Hub snapshot when online."""
+  """A local checkpoint directory: the path itself, a GGUF file's cached conversion, or a
+  Hub snapshot when online."""
   p = os.path.expanduser(str(path_or_id))
+  from jaxcode.models.lm import gguf
+  if p in gguf.PACKAGES or (p.endswith(".gguf") and os.path.isfile(p)):
+    if revision is not None:
+      raise ConfigError(f"revision={revision!r} given for GGUF model {p!r}: revisions apply to "
+                        "Hub ids only")
+    return gguf.convert(p)      # llama.cpp file -> cached HF-layout directory (once)
   if os.path.isdir(p):
     if revision is not None:
       raise ConfigError(f"revision={revision!r} given for local directory {p!r}: "
