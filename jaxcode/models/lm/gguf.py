@@ -231,52 +231,37 @@ class _Cursor:
     raise ValueError(f"unknown metadata value type {type_id}")
 
 
-def read_header(path: str) -> GGUFHeader:
-  """Metadata and tensor table of a GGUF file, checked to be complete, or ConfigError."""
+def _read_tables(cur: _Cursor, path: str, size: int) -> tuple[int, dict[str, Any], list]:
+  """Version, metadata and raw tensor entries (name, dims, type id, relative offset) of the
+  header after the magic; _Truncated, ValueError etc. for a broken one."""
+  cur.take(4)
+  version = cur.scalar(4)
+  if version & 0xFFFF == 0:
+    raise ConfigError(f"{path}: big-endian GGUF files are not supported")
+  if version not in (2, 3):
+    raise ConfigError(f"{path}: GGUF version {version}: expected 2 or 3")
+  n_tensors, n_kv = cur.scalar(10), cur.scalar(10)
+  if n_tensors > size or n_kv > size:
+    raise _Truncated
+  meta: dict[str, Any] = {}
+  for _ in range(n_kv):
+    k = cur.string()
+    meta[k] = cur.value(cur.scalar(4))
+  infos = []
+  for _ in range(n_tensors):
+    name = cur.string()
+    n_dims = cur.scalar(4)
+    if n_dims > 8:
+      raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+    dims = tuple(int(cur.scalar(10)) for _ in range(n_dims))
+    infos.append((name, dims, cur.scalar(4), cur.scalar(10)))
+  return version, meta, infos
+
+
+def _tensor_infos(path: str, size: int, infos: list, data_offset: int) -> dict[str, TensorInfo]:
+  """The raw tensor entries as TensorInfo by name, checked for type, block size, duplicates and
+  data that ends inside the file."""
   import gguf
-  path = os.path.abspath(os.path.expanduser(str(path)))
-  if not os.path.isfile(path):
-    raise ConfigError(f"GGUF file {path!r} does not exist")
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
-    magic = f.read(4)
-    if magic != b"GGUF":
-      raise ConfigError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-      cur = _Cursor(buf, size)
-      try:
-        cur.take(4)
-        version = cur.scalar(4)
-        if version & 0xFFFF == 0:
-          raise ConfigError(f"{path}: big-endian GGUF files are not supported")
-        if version not in (2, 3):
-          raise ConfigError(f"{path}: GGUF version {version}: expected 2 or 3")
-        n_tensors, n_kv = cur.scalar(10), cur.scalar(10)
-        if n_tensors > size or n_kv > size:
-          raise _Truncated
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-          k = cur.string()
-          meta[k] = cur.value(cur.scalar(4))
-        infos = []
-        for _ in range(n_tensors):
-          name = cur.string()
-          n_dims = cur.scalar(4)
-          if n_dims > 8:
-            raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
-          dims = tuple(int(cur.scalar(10)) for _ in range(n_dims))
-          infos.append((name, dims, cur.scalar(4), cur.scalar(10)))
-      except _Truncated:
-        raise ConfigError(f"{path}: truncated GGUF file ({size} bytes end inside its header)"
-                          ) from None
-      except (ValueError, UnicodeDecodeError, struct.error) as e:
-        raise ConfigError(f"{path}: corrupt GGUF header ({str(e).splitlines()[0][:120]})"
-                          ) from None
-      header_end = cur.pos
-  align = int(meta.get("general.alignment", 32))
-  if align <= 0 or align & (align - 1):
-    raise ConfigError(f"{path}: general.alignment={align}: expected a power of two")
-  data_offset = -(-header_end // align) * align
   tensors: dict[str, TensorInfo] = {}
   end = data_offset
   for name, dims, type_id, offset in infos:
@@ -297,6 +282,36 @@ def read_header(path: str) -> GGUFHeader:
   if end > size:
     raise ConfigError(f"{path}: truncated GGUF file ({size} bytes; its tensor data ends at "
                       f"byte {end})")
+  return tensors
+
+
+def read_header(path: str) -> GGUFHeader:
+  """Metadata and tensor table of a GGUF file, checked to be complete, or ConfigError."""
+  import gguf  # noqa: F401  (a missing gguf package fails before the file is read)
+  path = os.path.abspath(os.path.expanduser(str(path)))
+  if not os.path.isfile(path):
+    raise ConfigError(f"GGUF file {path!r} does not exist")
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    magic = f.read(4)
+    if magic != b"GGUF":
+      raise ConfigError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+      cur = _Cursor(buf, size)
+      try:
+        version, meta, infos = _read_tables(cur, path, size)
+      except _Truncated:
+        raise ConfigError(f"{path}: truncated GGUF file ({size} bytes end inside its header)"
+                          ) from None
+      except (ValueError, UnicodeDecodeError, struct.error) as e:
+        raise ConfigError(f"{path}: corrupt GGUF header ({str(e).splitlines()[0][:120]})"
+                          ) from None
+      header_end = cur.pos
+  align = int(meta.get("general.alignment", 32))
+  if align <= 0 or align & (align - 1):
+    raise ConfigError(f"{path}: general.alignment={align}: expected a power of two")
+  data_offset = -(-header_end // align) * align
+  tensors = _tensor_infos(path, size, infos, data_offset)
   return GGUFHeader(path, size, version, meta, tensors, data_offset)
 
 
@@ -373,9 +388,9 @@ def _rope(header: GGUFHeader, default_theta: float, head_dim: int) -> dict:
   return params
 
 
-def hf_config(header: GGUFHeader) -> dict:
-  """The transformers config.json dict for this file (ConfigError for what we cannot express)."""
-  arch, h, meta = header.architecture, header, header.metadata
+def _attention_layout(h: GGUFHeader) -> tuple[int, int, int, int, int]:
+  """(hidden size, layers, heads, KV heads, head_dim), checked for what we can express."""
+  arch = h.architecture
   d = int(h.key("embedding_length"))
   n_layers = int(h.key("block_count"))
   n_heads = int(_uniform(h, "attention.head_count", h.key("attention.head_count")))
@@ -394,6 +409,69 @@ def hf_config(header: GGUFHeader) -> dict:
                       f"(head_dim {head_dim}): partial rotary is not supported")
   if n_heads % n_kv:
     raise ConfigError(f"{h.path}: {n_heads} attention heads are not a multiple of {n_kv} KV heads")
+  return d, n_layers, n_heads, n_kv, head_dim
+
+
+def _gemma_fields(h: GGUFHeader, cfg: dict) -> None:
+  """Gemma 2/3 config fields, with llama.cpp's built-in defaults (attention scale, sliding
+  window, softcaps, layer pattern, RoPE) filled in."""
+  arch, n_layers, head_dim = h.architecture, cfg["num_hidden_layers"], cfg["head_dim"]
+  cfg["hidden_activation"] = "gelu_pytorch_tanh"
+  cfg["attention_bias"] = False
+  # llama.cpp scales attention by 1/sqrt(d / n_heads) for the 27B models, else 1/sqrt(head_dim)
+  big = n_layers == (46 if arch == "gemma2" else 62)
+  cfg["query_pre_attn_scalar"] = (cfg["hidden_size"] // cfg["num_attention_heads"] if big
+                                  else head_dim)
+  cfg["sliding_window"] = int(h.key("attention.sliding_window", 4096))
+  if arch == "gemma2":
+    cfg["attn_logit_softcapping"] = float(h.key("attn_logit_softcapping", 50.0))
+    cfg["final_logit_softcapping"] = float(h.key("final_logit_softcapping", 30.0))
+    cfg["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                          for i in range(n_layers)]
+    cfg["rope_parameters"] = _rope(h, 10_000.0, head_dim)
+  else:
+    _gemma3_fields(h, cfg)
+
+
+def _gemma3_fields(h: GGUFHeader, cfg: dict) -> None:
+  """Gemma 3's softcaps, sliding/full layer pattern and local/global RoPE."""
+  n_layers = cfg["num_hidden_layers"]
+  final_cap = h.key("final_logit_softcapping", None)
+  cfg["final_logit_softcapping"] = None if final_cap is None else float(final_cap)
+  cfg["attn_logit_softcapping"] = None
+  pattern = h.key("attention.sliding_window_pattern", 6)
+  if isinstance(pattern, np.ndarray):  # one flag per layer (llama.cpp swa_layers): True = sliding
+    if pattern.shape != (n_layers,):
+      raise ConfigError(f"{h.path}: gemma3.attention.sliding_window_pattern has "
+                        f"{pattern.size} entries for {n_layers} layers")
+    sliding = [bool(x) for x in pattern]
+  else:
+    sliding = [bool((i + 1) % int(pattern)) for i in range(n_layers)]
+  cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
+  cfg["rope_parameters"] = {
+      "sliding_attention": {"rope_type": "default",
+                            "rope_theta": float(h.key("rope.freq_base_swa", 10_000.0))},
+      "full_attention": _rope(h, 1_000_000.0, cfg["head_dim"])}
+
+
+def _llama_qwen_fields(h: GGUFHeader, cfg: dict) -> None:
+  """Llama / Qwen config fields: activation, RoPE, MLP and attention biases, Qwen 2 layers."""
+  arch = h.architecture
+  cfg["hidden_act"] = "silu"
+  cfg["rope_parameters"] = _rope(h, 10_000.0 if arch == "llama" else 1_000_000.0, cfg["head_dim"])
+  cfg["mlp_bias"] = False
+  if arch == "qwen2":
+    cfg["use_sliding_window"] = False
+    cfg["sliding_window"] = None
+    cfg["layer_types"] = ["full_attention"] * cfg["num_hidden_layers"]
+  else:
+    cfg["attention_bias"] = "blk.0.attn_q.bias" in h.tensors
+
+
+def hf_config(header: GGUFHeader) -> dict:
+  """The transformers config.json dict for this file (ConfigError for what we cannot express)."""
+  arch, h, meta = header.architecture, header, header.metadata
+  d, n_layers, n_heads, n_kv, head_dim = _attention_layout(h)
   tokens = meta.get("tokenizer.ggml.tokens") or []
   cfg: dict[str, Any] = {
       "architectures": [_HF_CLASSES[arch]],
@@ -415,46 +493,9 @@ def hf_config(header: GGUFHeader) -> dict:
     v = meta.get(f"tokenizer.ggml.{key}")
     cfg[name] = None if v is None else int(v)
   if arch in _GEMMA:
-    cfg["hidden_activation"] = "gelu_pytorch_tanh"
-    cfg["attention_bias"] = False
-    # llama.cpp scales attention by 1/sqrt(d / n_heads) for the 27B models, else 1/sqrt(head_dim)
-    big = n_layers == (46 if arch == "gemma2" else 62)
-    cfg["query_pre_attn_scalar"] = d // n_heads if big else head_dim
-    cfg["sliding_window"] = int(h.key("attention.sliding_window", 4096))
+    _gemma_fields(h, cfg)
   else:
-    cfg["hidden_act"] = "silu"
-  if arch == "gemma2":
-    cfg["attn_logit_softcapping"] = float(h.key("attn_logit_softcapping", 50.0))
-    cfg["final_logit_softcapping"] = float(h.key("final_logit_softcapping", 30.0))
-    cfg["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention"
-                          for i in range(n_layers)]
-    cfg["rope_parameters"] = _rope(h, 10_000.0, head_dim)
-  elif arch == "gemma3":
-    final_cap = h.key("final_logit_softcapping", None)
-    cfg["final_logit_softcapping"] = None if final_cap is None else float(final_cap)
-    cfg["attn_logit_softcapping"] = None
-    pattern = h.key("attention.sliding_window_pattern", 6)
-    if isinstance(pattern, np.ndarray):  # one flag per layer (llama.cpp swa_layers): True = sliding
-      if pattern.shape != (n_layers,):
-        raise ConfigError(f"{h.path}: gemma3.attention.sliding_window_pattern has "
-                          f"{pattern.size} entries for {n_layers} layers")
-      sliding = [bool(x) for x in pattern]
-    else:
-      sliding = [bool((i + 1) % int(pattern)) for i in range(n_layers)]
-    cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
-    cfg["rope_parameters"] = {
-        "sliding_attention": {"rope_type": "default",
-                              "rope_theta": float(h.key("rope.freq_base_swa", 10_000.0))},
-        "full_attention": _rope(h, 1_000_000.0, head_dim)}
-  else:
-    cfg["rope_parameters"] = _rope(h, 10_000.0 if arch == "llama" else 1_000_000.0, head_dim)
-    cfg["mlp_bias"] = False
-    if arch == "qwen2":
-      cfg["use_sliding_window"] = False
-      cfg["sliding_window"] = None
-      cfg["layer_types"] = ["full_attention"] * n_layers
-    else:
-      cfg["attention_bias"] = "blk.0.attn_q.bias" in h.tensors
+    _llama_qwen_fields(h, cfg)
   return cfg
 
 
@@ -499,66 +540,85 @@ class _Out:
   rows: int = 0                   # trim/pad the first axis to this many rows (vocabulary)
 
 
-def tensor_plan(header: GGUFHeader, cfg: dict) -> list[_Out]:
-  """Every output tensor with its source and shape check, before anything is read."""
-  arch, path = header.architecture, header.path
+def _hf_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+  """The HF-order shape the config implies for each per-layer weight."""
   d, hd, ff = cfg["hidden_size"], cfg["head_dim"], cfg["intermediate_size"]
   q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-  vocab, n_layers = cfg["vocab_size"], cfg["num_hidden_layers"]
-  block_map = {**_BLOCK_COMMON, **_BLOCK_ARCH[arch]}
-  want = {"input_layernorm": (d,), "post_attention_layernorm": (d,),
+  return {"input_layernorm": (d,), "post_attention_layernorm": (d,),
           "pre_feedforward_layernorm": (d,), "post_feedforward_layernorm": (d,),
           "self_attn.q_proj": (q, d), "self_attn.k_proj": (kv, d), "self_attn.v_proj": (kv, d),
           "self_attn.o_proj": (d, q), "self_attn.q_norm": (hd,), "self_attn.k_norm": (hd,),
           "mlp.gate_proj": (ff, d), "mlp.up_proj": (ff, d), "mlp.down_proj": (d, ff)}
+
+
+def _plan_add(header: GGUFHeader, out: list[_Out], seen: set, gguf_name: str, hf_name: str,
+              shape, **kw) -> None:
+  """Append one file tensor to the plan, its shape checked (with rows=, only past the first
+  axis), and mark it as used."""
+  t = header.tensors[gguf_name]
+  got = t.hf_shape
+  ok = got == tuple(shape) or (kw.get("rows") and got[1:] == tuple(shape[1:]))
+  if not ok:
+    raise ConfigError(f"{header.path}: tensor {gguf_name} has shape {list(got)} (HF order); the "
+                      f"metadata implies {list(shape)}")
+  minus = header.architecture in _GEMMA and gguf_name.endswith("norm.weight")
+  out.append(_Out(hf_name, tuple(shape), t, minus_one=minus, **kw))
+  seen.add(gguf_name)
+
+
+def _plan_layer(header: GGUFHeader, cfg: dict, i: int, block_map: dict[str, str],
+                want: dict[str, tuple[int, ...]], out: list[_Out], seen: set) -> None:
+  """Layer i's tensors: the required ones checked present, each file tensor mapped (block_map)
+  and shape-checked (want), and the biases the config implies but the file leaves out as
+  zeros."""
+  arch, path = header.architecture, header.path
+  for part in _REQUIRED + _REQUIRED_ARCH[arch]:
+    if f"blk.{i}.{part}.weight" not in header.tensors:
+      raise ConfigError(f"{path}: tensor blk.{i}.{part}.weight is missing (architecture {arch})")
+  for part, hf in block_map.items():
+    for kind in ("weight", "bias"):
+      g = f"blk.{i}.{part}.{kind}"
+      if g not in header.tensors:
+        continue
+      shape = want[hf] if kind == "weight" else want[hf][:1]
+      heads = 0
+      if arch == "llama" and part in ("attn_q", "attn_k"):
+        heads = cfg["num_attention_heads"] if part == "attn_q" else cfg["num_key_value_heads"]
+      _plan_add(header, out, seen, g, f"model.layers.{i}.{hf}.{kind}", shape,
+                permute_heads=heads)
+  # biases the HF config implies but the file leaves out are zeros
+  biased = []
+  if arch == "qwen2":
+    biased = ["attn_q", "attn_k", "attn_v"]
+  elif cfg.get("attention_bias"):
+    biased = ["attn_q", "attn_k", "attn_v", "attn_output"]
+  for part in biased:
+    g = f"blk.{i}.{part}.bias"
+    if g not in header.tensors:
+      hf = block_map[part]
+      out.append(_Out(f"model.layers.{i}.{hf}.bias", want[hf][:1], None))
+
+
+def tensor_plan(header: GGUFHeader, cfg: dict) -> list[_Out]:
+  """Every output tensor with its source and shape check, before anything is read."""
+  arch, path = header.architecture, header.path
+  d, vocab = cfg["hidden_size"], cfg["vocab_size"]
+  block_map = {**_BLOCK_COMMON, **_BLOCK_ARCH[arch]}
+  want = _hf_shapes(cfg)
   out: list[_Out] = []
-  seen = set()
-  gemma = arch in _GEMMA
-
-  def add(gguf_name: str, hf_name: str, shape, **kw):
-    t = header.tensors[gguf_name]
-    got = t.hf_shape
-    ok = got == tuple(shape) or (kw.get("rows") and got[1:] == tuple(shape[1:]))
-    if not ok:
-      raise ConfigError(f"{path}: tensor {gguf_name} has shape {list(got)} (HF order); the "
-                        f"metadata implies {list(shape)}")
-    minus = gemma and gguf_name.endswith("norm.weight")
-    out.append(_Out(hf_name, tuple(shape), t, minus_one=minus, **kw))
-    seen.add(gguf_name)
-
+  seen: set = set()
   if "token_embd.weight" not in header.tensors:
     raise ConfigError(f"{path}: tensor token_embd.weight is missing")
-  add("token_embd.weight", _GLOBAL["token_embd.weight"], (vocab, d), rows=vocab)
-  for i in range(n_layers):
-    for part in _REQUIRED + _REQUIRED_ARCH[arch]:
-      if f"blk.{i}.{part}.weight" not in header.tensors:
-        raise ConfigError(f"{path}: tensor blk.{i}.{part}.weight is missing (architecture {arch})")
-    for part, hf in block_map.items():
-      for kind in ("weight", "bias"):
-        g = f"blk.{i}.{part}.{kind}"
-        if g not in header.tensors:
-          continue
-        shape = want[hf] if kind == "weight" else want[hf][:1]
-        heads = 0
-        if arch == "llama" and part in ("attn_q", "attn_k"):
-          heads = cfg["num_attention_heads"] if part == "attn_q" else cfg["num_key_value_heads"]
-        add(g, f"model.layers.{i}.{hf}.{kind}", shape, permute_heads=heads)
-    # biases the HF config implies but the file leaves out are zeros
-    biased = []
-    if arch == "qwen2":
-      biased = ["attn_q", "attn_k", "attn_v"]
-    elif cfg.get("attention_bias"):
-      biased = ["attn_q", "attn_k", "attn_v", "attn_output"]
-    for part in biased:
-      g = f"blk.{i}.{part}.bias"
-      if g not in header.tensors:
-        hf = block_map[part]
-        out.append(_Out(f"model.layers.{i}.{hf}.bias", want[hf][:1], None))
+  _plan_add(header, out, seen, "token_embd.weight", _GLOBAL["token_embd.weight"], (vocab, d),
+            rows=vocab)
+  for i in range(cfg["num_hidden_layers"]):
+    _plan_layer(header, cfg, i, block_map, want, out, seen)
   if "output_norm.weight" not in header.tensors:
     raise ConfigError(f"{path}: tensor output_norm.weight is missing")
-  add("output_norm.weight", _GLOBAL["output_norm.weight"], (d,))
+  _plan_add(header, out, seen, "output_norm.weight", _GLOBAL["output_norm.weight"], (d,))
   if "output.weight" in header.tensors:
-    add("output.weight", _GLOBAL["output.weight"], (vocab, d), rows=vocab)
+    _plan_add(header, out, seen, "output.weight", _GLOBAL["output.weight"], (vocab, d),
+              rows=vocab)
   if arch == "llama" and "rope_freqs.weight" in header.tensors:
     seen.add("rope_freqs.weight")  # folded into config.rope_parameters
   extra = sorted(set(header.tensors) - seen)
@@ -694,77 +754,94 @@ def check_tokenizer_metadata(header: GGUFHeader) -> None:
       raise ConfigError(f"{path}: tokenizer.ggml.{key}={v} outside the {n}-token vocabulary")
 
 
-def build_tokenizer(header: GGUFHeader):
-  """(tokenizers.Tokenizer, tokenizer_config dict) from the tokenizer.ggml.* metadata."""
-  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-  from tokenizers import pre_tokenizers, processors
-  meta, arch = header.metadata, header.architecture
+def _model_tokens(header: GGUFHeader) -> list[str]:
+  """tokenizer.ggml.tokens as the tokenizer model spells them: Gemma's runs of spaces as runs
+  of '▁', byte-level BPE tokens in GPT-2's byte alphabet."""
+  meta = header.metadata
   tokens = list(meta["tokenizer.ggml.tokens"])
-  n = len(tokens)
+  if meta["tokenizer.ggml.model"] == "llama":
+    if header.architecture in _GEMMA:  # Gemma's converter wrote runs of '▁' as real spaces
+      tokens = ["\u2581" * len(t) if t and set(t) == {" "} else t for t in tokens]
+    return tokens
+  table = _byte_alphabet()
+  alphabet = set(table.values())
+  return [t if set(t) <= alphabet else "".join(table[b] for b in t.encode("utf-8"))
+          for t in tokens]
+
+
+def _special(meta: dict[str, Any], tokens: list[str], key: str) -> str | None:
+  """The token tokenizer.ggml.{key} names (e.g. bos_token_id), as spelled in `tokens`."""
+  v = meta.get(f"tokenizer.ggml.{key}")
+  return None if v is None else tokens[int(v)]
+
+
+def _spm_tokenizer(header: GGUFHeader, tokens: list[str], vocab: dict[str, int]):
+  """A SentencePiece-style vocabulary (tokenizer.ggml.model 'llama') as a byte-fallback BPE
+  tokenizers.Tokenizer, its merges derived from scores (Gemma: from file order)."""
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+  meta = header.metadata
+  gemma = header.architecture in _GEMMA
+  if gemma:
+    priority = {t: -float(i) for i, t in enumerate(tokens)}  # file order is merge order
+  else:
+    priority = dict(zip(tokens, (float(s) for s in meta["tokenizer.ggml.scores"])))
+  unk = _special(meta, tokens, "unknown_token_id") or "<unk>"
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=derive_merges(priority, vocab),
+                             unk_token=unk if unk in vocab else None, fuse_unk=True,
+                             byte_fallback=True))
+  decode = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+  if gemma:
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+  else:
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False)
+    if prefix:
+      decode.append(decoders.Strip(" ", 1, 0))
+  tok.decoder = decoders.Sequence(decode)
+  return tok
+
+
+def _bpe_tokenizer(header: GGUFHeader, vocab: dict[str, int]):
+  """A byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2') as a tokenizers.Tokenizer with
+  the file's merges and the pre-tokenizer tokenizer.ggml.pre names."""
+  from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+  meta = header.metadata
+  merges = []
+  for m in meta["tokenizer.ggml.merges"]:
+    parts = m.split(" ")
+    if len(parts) != 2:
+      raise ConfigError(f"{header.path}: tokenizer.ggml.merges entry {m!r}: expected "
+                        "'left right'")
+    merges.append((parts[0], parts[1]))
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
+                             continuing_subword_prefix="", end_of_word_suffix=""))
+  pre = BPE_PRE[meta.get("tokenizer.ggml.pre", "gpt2")]
+  if pre == "gpt2":
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  elif pre == "smollm":  # llama.cpp: isolate every digit, then GPT-2's split
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+  else:
+    split = _LLAMA3_SPLIT if pre == "llama3" else _QWEN2_SPLIT
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if pre == "qwen2":
+      tok.normalizer = normalizers.NFC()
+  tok.decoder = decoders.ByteLevel()
+  return tok
+
+
+def _add_file_tokens(tok, meta: dict[str, Any], vocab: dict[str, int]) -> None:
+  """Control tokens are special; user-defined ones are matched whole but decoded as text. Both
+  as the file spells them, and only where that spelling is in the vocabulary (transformers'
+  rule: Gemma's space runs, re-spelled by _model_tokens, stay with the BPE merges)."""
+  from tokenizers import AddedToken
+  n = len(meta["tokenizer.ggml.tokens"])
   types = meta.get("tokenizer.ggml.token_type")
   types = [1] * n if types is None else [int(t) for t in types]
-
-  def special(key):
-    v = meta.get(f"tokenizer.ggml.{key}")
-    return None if v is None else tokens[int(v)]
-
-  if meta["tokenizer.ggml.model"] == "llama":
-    gemma = arch in _GEMMA
-    if gemma:  # Gemma's converter wrote runs of '▁' as real spaces; spell them as the model sees
-      tokens = ["\u2581" * len(t) if t and set(t) == {" "} else t for t in tokens]
-      priority = {t: -float(i) for i, t in enumerate(tokens)}  # file order is merge order
-    else:
-      priority = dict(zip(tokens, (float(s) for s in meta["tokenizer.ggml.scores"])))
-    vocab = {t: i for i, t in enumerate(tokens)}
-    unk = special("unknown_token_id") or "<unk>"
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=derive_merges(priority, vocab),
-                               unk_token=unk if unk in vocab else None, fuse_unk=True,
-                               byte_fallback=True))
-    decode = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-    if gemma:
-      tok.normalizer = normalizers.Replace(" ", "\u2581")
-    else:
-      prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-      tok.pre_tokenizer = pre_tokenizers.Metaspace(
-          replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False)
-      if prefix:
-        decode.append(decoders.Strip(" ", 1, 0))
-    tok.decoder = decoders.Sequence(decode)
-    add_bos_default = True
-  else:
-    table = _byte_alphabet()
-    alphabet = set(table.values())
-    tokens = [t if set(t) <= alphabet else "".join(table[b] for b in t.encode("utf-8"))
-              for t in tokens]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    merges = []
-    for m in meta["tokenizer.ggml.merges"]:
-      parts = m.split(" ")
-      if len(parts) != 2:
-        raise ConfigError(f"{header.path}: tokenizer.ggml.merges entry {m!r}: expected "
-                          "'left right'")
-      merges.append((parts[0], parts[1]))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
-                               continuing_subword_prefix="", end_of_word_suffix=""))
-    pre = BPE_PRE[meta.get("tokenizer.ggml.pre", "gpt2")]
-    if pre == "gpt2":
-      tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    elif pre == "smollm":  # llama.cpp: isolate every digit, then GPT-2's split
-      tok.pre_tokenizer = pre_tokenizers.Sequence([
-          pre_tokenizers.Digits(individual_digits=True),
-          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    else:
-      split = _LLAMA3_SPLIT if pre == "llama3" else _QWEN2_SPLIT
-      tok.pre_tokenizer = pre_tokenizers.Sequence([
-          pre_tokenizers.Split(Regex(split), behavior="isolated"),
-          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-      if pre == "qwen2":
-        tok.normalizer = normalizers.NFC()
-    tok.decoder = decoders.ByteLevel()
-    add_bos_default = False
-  # Control tokens are special; user-defined ones are matched whole but decoded as text. Both
-  # as the file spells them, and only where that spelling is in the vocabulary (transformers'
-  # rule: Gemma's space runs, re-spelled above, stay with the BPE merges).
   control = [AddedToken(t, normalized=False, special=True)
              for t, ty in zip(meta["tokenizer.ggml.tokens"], types)
              if ty == _CONTROL and t in vocab]
@@ -775,13 +852,12 @@ def build_tokenizer(header: GGUFHeader):
     tok.add_special_tokens(control)
   if user:
     tok.add_tokens(user)
-  add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default))
-  add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
-  bos, eos = special("bos_token_id"), special("eos_token_id")
-  if bos is None:
-    add_bos = False
-  if eos is None:
-    add_eos = False
+
+
+def _add_bos_eos(tok, vocab: dict[str, int], bos: str | None, eos: str | None, add_bos: bool,
+                 add_eos: bool) -> None:
+  """A post-processor that puts BOS before and/or EOS after each sequence (none if neither)."""
+  from tokenizers import processors
   if add_bos or add_eos:
     pieces, specials = ["$A:0"], []
     if add_bos:
@@ -793,16 +869,45 @@ def build_tokenizer(header: GGUFHeader):
     pair = pieces + [p.replace("$A", "$B").replace(":0", ":1") for p in pieces]
     tok.post_processor = processors.TemplateProcessing(
         single=" ".join(pieces), pair=" ".join(pair), special_tokens=specials)
+
+
+def _tokenizer_config(header: GGUFHeader, tokens: list[str], add_bos: bool,
+                      add_eos: bool) -> dict:
+  """The tokenizer_config.json dict: class, BOS/EOS flags, special tokens, chat template."""
+  meta = header.metadata
   config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": add_bos,
             "add_eos_token": add_eos, "clean_up_tokenization_spaces": False,
             "model_max_length": int(header.key("context_length", 1 << 30))}
   for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                     ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
-    if special(key) is not None:
-      config[name] = special(key)
+    if _special(meta, tokens, key) is not None:
+      config[name] = _special(meta, tokens, key)
   if meta.get("tokenizer.chat_template"):
     config["chat_template"] = meta["tokenizer.chat_template"]
-  return tok, config
+  return config
+
+
+def build_tokenizer(header: GGUFHeader):
+  """(tokenizers.Tokenizer, tokenizer_config dict) from the tokenizer.ggml.* metadata."""
+  meta = header.metadata
+  tokens = _model_tokens(header)
+  vocab = {t: i for i, t in enumerate(tokens)}
+  if meta["tokenizer.ggml.model"] == "llama":
+    tok = _spm_tokenizer(header, tokens, vocab)
+    add_bos_default = True
+  else:
+    tok = _bpe_tokenizer(header, vocab)
+    add_bos_default = False
+  _add_file_tokens(tok, meta, vocab)
+  add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default))
+  add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+  bos, eos = _special(meta, tokens, "bos_token_id"), _special(meta, tokens, "eos_token_id")
+  if bos is None:
+    add_bos = False
+  if eos is None:
+    add_eos = False
+  _add_bos_eos(tok, vocab, bos, eos, add_bos, add_eos)
+  return tok, _tokenizer_config(header, tokens, add_bos, add_eos)
 
 
 # --------------------------------------------------------------------------- convert
