@@ -33,7 +33,7 @@ import transformers
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from make_lm_fixtures import HERE, capture, make_tokenizer, randomize
+from make_lm_fixtures import HERE, capture, make_tokenizer, randomize, save_reference
 
 TEXTS = ["the model is a tiny random test of attention and residual stream data",
          "sparse feature in a small layer of the model is not"]
@@ -142,12 +142,7 @@ def make(name, seed):
                 position_ids=torch.arange(ids.shape[1])[None].expand_as(ids))
   rec["embed"] = rec["blocks.0.resid_pre"]
   rec["logits"] = res.logits
-  arrays = {k: v.float().numpy().astype(np.float32) for k, v in rec.items()}
-  arrays["input_ids"] = ids.numpy().astype(np.int32)
-  arrays["attention_mask"] = mask.numpy().astype(np.int32)
-  save_file(arrays, os.path.join(out_dir, "reference.safetensors"),
-            metadata={"texts": json.dumps(texts), "torch": torch.__version__,
-                      "transformers": transformers.__version__})
+  save_reference(out_dir, rec, ids, mask, texts)
   total = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
   print(name, "tokens", tuple(ids.shape), "pads", int((mask == 0).sum()), "bytes", total)
 

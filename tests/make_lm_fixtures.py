@@ -91,6 +91,17 @@ def capture(model, blocks, parts, final_mod, inputs=None):
   return out
 
 
+def save_reference(out_dir, rec, ids, mask, texts):
+  """out_dir/reference.safetensors: every recorded tensor as float32, the inputs, and the
+  texts and library versions as metadata."""
+  arrays = {k: v.float().numpy().astype(np.float32) for k, v in rec.items()}
+  arrays["input_ids"] = ids.numpy().astype(np.int32)
+  arrays["attention_mask"] = mask.numpy().astype(np.int32)
+  save_file(arrays, os.path.join(out_dir, "reference.safetensors"),
+            metadata={"texts": json.dumps(texts), "torch": torch.__version__,
+                      "transformers": transformers.__version__})
+
+
 def build(kind):
   if kind == "gpt2":
     tok, V = make_tokenizer(["<|endoftext|>", "<unk>", "<pad>"])
@@ -167,12 +178,7 @@ def make(kind, seed):
   if final_mod is None:
     rec["final"] = rec[f"blocks.{len(blocks) - 1}.resid_post"]
   rec["logits"] = res.logits
-  arrays = {k: v.float().numpy().astype(np.float32) for k, v in rec.items()}
-  arrays["input_ids"] = ids.numpy().astype(np.int32)
-  arrays["attention_mask"] = mask.numpy().astype(np.int32)
-  save_file(arrays, os.path.join(out_dir, "reference.safetensors"),
-            metadata={"texts": json.dumps(TEXTS), "torch": torch.__version__,
-                      "transformers": transformers.__version__})
+  save_reference(out_dir, rec, ids, mask, TEXTS)
   for f in sorted(os.listdir(out_dir)):
     print(kind, f, os.path.getsize(os.path.join(out_dir, f)))
 

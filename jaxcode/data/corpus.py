@@ -208,6 +208,13 @@ def load_corpus(spec: str, text_field: str = "text", max_docs: int | None = None
 
 # ---------------------------------------------------------------- packing into sequences
 
+def evenly_spaced(n_total: int, n: int) -> np.ndarray:
+  """Sorted indices of n items evenly spaced over range(n_total) (all when n >= n_total)."""
+  if n >= n_total:
+    return np.arange(n_total, dtype=np.int64)
+  return np.unique(np.round(np.linspace(0, n_total - 1, n)).astype(np.int64))
+
+
 @dataclass
 class Packed:
   """Fixed-length sequences; doc_index[n, t] indexes doc_ids/sources (-1: special or pad)."""
@@ -243,7 +250,7 @@ class Packed:
     N = self.input_ids.shape[0]
     if n_rows >= N:
       return self
-    return self.take_rows(np.unique(np.round(np.linspace(0, N - 1, n_rows)).astype(np.int64)))
+    return self.take_rows(evenly_spaced(N, n_rows))
 
   def first_rows_per_source(self, n_rows: int) -> "Packed":
     """The first n_rows rows of each source label, in corpus order (0: all rows)."""

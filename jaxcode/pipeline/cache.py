@@ -108,15 +108,24 @@ def check_cache_settings(cache_dir: str, block, hookpoints, model_name: str, rev
                         f"for {v!r}: use another workdir or delete the cache")
 
 
-def load_packed(block, tokenizer) -> corpus_lib.Packed:
-  """The block's corpus packed into rows of seq_len tokens (max_tokens // seq_len rows,
-  evenly spaced over the packed corpus, when max_tokens is set)."""
+def pack_corpus(block, tokenizer) -> corpus_lib.Packed:
+  """The block's whole corpus packed into rows of seq_len tokens."""
   docs = corpus_lib.load_corpus(block.corpus, setting(block, "text_field"),
                                 setting(block, "max_docs") or None)
-  packed = corpus_lib.pack(docs, tokenizer, block.seq_len)
-  if block.max_tokens:
-    packed = packed.evenly_spaced_rows(block.max_tokens // block.seq_len)
-  return packed
+  return corpus_lib.pack(docs, tokenizer, block.seq_len)
+
+
+def cached_rows(block, packed: corpus_lib.Packed) -> np.ndarray:
+  """Indices of the packed rows the cache holds: max_tokens // seq_len rows evenly spaced
+  over the packed corpus when max_tokens is set, else all."""
+  N = packed.input_ids.shape[0]
+  return corpus_lib.evenly_spaced(N, block.max_tokens // block.seq_len if block.max_tokens else N)
+
+
+def load_packed(block, tokenizer) -> corpus_lib.Packed:
+  """The rows of the block's packed corpus that the cache holds (cached_rows)."""
+  packed = pack_corpus(block, tokenizer)
+  return packed.take_rows(cached_rows(block, packed))
 
 
 def tokens_by_source(packed: corpus_lib.Packed, drop_special: bool) -> dict[str, int]:

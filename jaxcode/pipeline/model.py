@@ -28,7 +28,7 @@ def _minilm_dir() -> str:
 def _gguf_package_dir(name: str) -> Callable[[], str]:
   def get() -> str:
     from jaxcode.models.lm import gguf
-    return gguf.convert(gguf.package_path(name))
+    return gguf.convert(name)    # assembled and converted once, then read from the cache
   return get
 
 
@@ -67,17 +67,10 @@ def resolve(spec: str, revision: str = "") -> ModelSpec:
                         "ids only")
     getter, name = ALIASES[spec]
     return ModelSpec(spec, getter(), name, None, "alias")
-  if spec.endswith(".gguf"):
-    from jaxcode.models.lm import gguf
-    if rev is not None:
-      raise ConfigError(f"revision={rev!r} given for GGUF file {spec!r}: revisions apply to "
-                        "Hub ids only")
-    if not os.path.isfile(os.path.expanduser(spec)):
-      raise ConfigError(f"GGUF file {spec!r} does not exist")
-    return ModelSpec(spec, gguf.convert(os.path.expanduser(spec)), spec, None, "gguf")
-  local = os.path.isdir(os.path.expanduser(spec))
-  path = resolve_dir(spec, rev)
-  return ModelSpec(spec, path, spec, None if local else rev, "local" if local else "hub")
+  kind = ("gguf" if spec.endswith(".gguf") else
+          "local" if os.path.isdir(os.path.expanduser(spec)) else "hub")
+  path = resolve_dir(spec, rev)        # a GGUF file is converted (once) here
+  return ModelSpec(spec, path, spec, rev if kind == "hub" else None, kind)
 
 
 def load(model: ModelSpec, mesh=None, dtype=None, tokenizer: bool = True):

@@ -35,23 +35,15 @@ def validate(block) -> None:
 
 
 def held_out_rows(extract_block, tokenizer, n_rows: int):
-  """(Packed rows the cache did not use, whether they are truly held out)."""
-  from jaxcode.pipeline import cache as cache_lib
+  """(n_rows packed rows evenly spaced over those the cache did not use, True), or over all
+  rows with False when the cache used every row."""
   from jaxcode.data import corpus as corpus_lib
-  docs = corpus_lib.load_corpus(extract_block.corpus, cache_lib.setting(extract_block, "text_field"),
-                                cache_lib.setting(extract_block, "max_docs") or None)
-  packed = corpus_lib.pack(docs, tokenizer, extract_block.seq_len)
+  from jaxcode.pipeline import cache as cache_lib
+  packed = cache_lib.pack_corpus(extract_block, tokenizer)
   N = packed.input_ids.shape[0]
-  used = np.arange(N)
-  if extract_block.max_tokens and extract_block.max_tokens // extract_block.seq_len < N:
-    k = extract_block.max_tokens // extract_block.seq_len
-    used = np.unique(np.round(np.linspace(0, N - 1, k)).astype(np.int64))
-  free = np.setdiff1d(np.arange(N), used)
-  held_out = free.size > 0
-  pool = free if held_out else np.arange(N)
-  pick = pool[np.unique(np.round(np.linspace(0, pool.size - 1, min(n_rows, pool.size)))
-                        .astype(np.int64))]
-  return packed.take_rows(pick), bool(held_out)
+  free = np.setdiff1d(np.arange(N), cache_lib.cached_rows(extract_block, packed))
+  pool = free if free.size else np.arange(N)
+  return packed.take_rows(pool[corpus_lib.evenly_spaced(pool.size, n_rows)]), bool(free.size)
 
 
 def _reconstructor(path: str):

@@ -76,7 +76,7 @@ def resolve_dir(path_or_id: str, revision: str | None = None) -> str:
   Hub snapshot when online."""
   p = os.path.expanduser(str(path_or_id))
   from jaxcode.models.lm import gguf
-  if p in gguf.PACKAGES or (p.endswith(".gguf") and os.path.isfile(p)):
+  if p in gguf.PACKAGES or p.endswith(".gguf"):
     if revision is not None:
       raise ConfigError(f"revision={revision!r} given for GGUF model {p!r}: revisions apply to "
                         "Hub ids only")
