@@ -115,6 +115,14 @@ class SAEConfig:
   normalisation: str  # none | unit_mean_sq | sqrt_d
   sparse_decode: bool | str  # topk: sparse decode and encoder gradients; "auto": measured faster
   sweep_mode: str  # auto | vmap | unroll (see unrolled_sweep)
+  # Transcoders (the defaults make an SAE).  A transcoder reads x and predicts another
+  # activation y of width d_out (an MLP's output from its input); a skip transcoder adds the
+  # linear term x W_skip^T.  `sources`, when set, gives for each dictionary of the stack the
+  # index of its layer in a batch of layers [B, L, D] (a per-layer set trained at once).
+  transcoder: bool = False
+  skip: bool = False
+  d_out: int = 0  # transcoders: output width (0: d_in)
+  sources: tuple[int, ...] = ()
 
   def __post_init__(self):
     v = self.sparse_decode
@@ -138,8 +146,21 @@ class SAEConfig:
 
   @property
   def n_saes(self) -> int:
-    lens = [len(v) for v in (self.k, self.sparsity_coef) if isinstance(v, (tuple, list))]
+    lens = [len(v) for v in (self.k, self.sparsity_coef, self.sources or None)
+            if isinstance(v, (tuple, list))]
     return max(lens) if lens else 1
+
+  @property
+  def d_target(self) -> int:
+    """The width of what the dictionary reconstructs: d_in for an SAE, d_out for a
+    transcoder."""
+    return int(self.d_out) if (self.transcoder and self.d_out) else self.d_in
+
+  @property
+  def subtract_b_dec(self) -> bool:
+    """Whether the input is centred by b_dec before encoding (SAE architectures that do so;
+    never a transcoder, whose b_dec lives in the output space)."""
+    return self.architecture in SUBTRACT_B_DEC and not self.transcoder
 
   @property
   def k_max(self) -> int:
@@ -187,10 +208,13 @@ def validate(cfg: SAEConfig, mesh: Mesh | None = None, data_d_in: int | None = N
 
 def _validate_sparsity(cfg: SAEConfig) -> None:
   """The sweep lengths, k and k_aux (topk family), and the loss coefficients."""
-  lens = {len(v) for v in (cfg.k, cfg.sparsity_coef) if isinstance(v, (tuple, list))}
+  lens = {len(v) for v in (cfg.k, cfg.sparsity_coef, cfg.sources or None)
+          if isinstance(v, (tuple, list))}
   if len(lens) > 1:
-    raise ConfigError(f"sae.k={cfg.k} and sae.sparsity_coef={cfg.sparsity_coef}: sweeps of "
-                      "different lengths")
+    raise ConfigError(f"sae.k={cfg.k}, sae.sparsity_coef={cfg.sparsity_coef} and the "
+                      f"layers {cfg.sources or ()}: stacks of different lengths")
+  if cfg.skip and not cfg.transcoder:
+    raise ConfigError("skip=True: a skip term needs a transcoder (transcoder=True)")
   if cfg.architecture in TOPK_FAMILY:
     for k in cfg.ks:
       if positive_int("sae.k", k) > cfg.d_sae:
@@ -230,45 +254,86 @@ def geometric_median(x_ND: jax.Array, iters: int = 100, eps: float = 1e-8) -> ja
   return lax.fori_loop(0, iters, body, x.mean(0))
 
 
-def _init_one(cfg: SAEConfig, key, b_dec_D, k, coef, norm_scale):
+def _unit_rows(key, shape, norm):
+  w = jax.random.normal(key, shape, jnp.float32)
+  return norm * w / jnp.linalg.norm(w, axis=-1, keepdims=True)
+
+
+def _init_one(cfg: SAEConfig, key, b_dec_D, k, coef, norm_scale, norm_scale_out):
   D, M = cfg.d_in, cfg.d_sae
-  w_dec_MD = jax.random.normal(key, (M, D), jnp.float32)
-  w_dec_MD = cfg.dec_init_norm * w_dec_MD / jnp.linalg.norm(w_dec_MD, axis=-1, keepdims=True)
-  params = {"W_enc_MD": jnp.array(w_dec_MD, copy=True),      # W_enc = W_dec^T at init
-            "b_enc": jnp.zeros((M,), jnp.float32), "W_dec": w_dec_MD,
+  w_dec_MD = _unit_rows(key, (M, cfg.d_target), cfg.dec_init_norm)
+  # An SAE starts with W_enc = W_dec^T; a transcoder's encoder lives in another space, so it
+  # gets its own random rows of the same norm (and W_skip starts at zero, never penalised).
+  w_enc_MD = (_unit_rows(jax.random.fold_in(key, 1), (M, D), cfg.dec_init_norm)
+              if cfg.transcoder else jnp.array(w_dec_MD, copy=True))
+  params = {"W_enc_MD": w_enc_MD, "b_enc": jnp.zeros((M,), jnp.float32), "W_dec": w_dec_MD,
             "b_dec": b_dec_D.astype(jnp.float32)}
+  if cfg.skip:
+    params["W_skip"] = jnp.zeros((cfg.d_target, D), jnp.float32)
   if cfg.architecture.startswith("jumprelu"):
     params["threshold"] = jnp.full((M,), cfg.jump_threshold_init, jnp.float32)
   aux = {"k": jnp.asarray(k, jnp.int32), "coef": jnp.asarray(coef, jnp.float32),
          "norm_scale": jnp.asarray(norm_scale, jnp.float32),
          "tokens_since_fired": jnp.zeros((M,), jnp.int32),
          "threshold": jnp.asarray(-1.0, jnp.float32)}
+  if cfg.transcoder:
+    aux["norm_scale_out"] = jnp.asarray(norm_scale_out, jnp.float32)
   return params, aux
+
+
+def split_pair(cfg: SAEConfig, batch):
+  """(x, y) of a batch: an SAE's array (y = x) or a transcoder's {'x': ..., 'y': ...}."""
+  if cfg.transcoder:
+    if not isinstance(batch, dict) or set(batch) != {"x", "y"}:
+      raise ConfigError("a transcoder's batch must be a dict with keys 'x' (input) and 'y' "
+                        "(target)")
+    return batch["x"], batch["y"]
+  x = batch["x"] if isinstance(batch, dict) else batch
+  return x, x
+
+
+def _per_dictionary(cfg: SAEConfig, a):
+  """The host sample of each dictionary of the stack: a[:, sources[i]] when a batch holds
+  layers [N, L, D], else a itself."""
+  a = np.asarray(a, np.float32)
+  if not cfg.sources:
+    return [a] * cfg.n_saes
+  return [a[:, j] for j in cfg.sources]
+
+
+def _b_dec_init(cfg: SAEConfig, ys) -> np.ndarray:
+  if cfg.b_dec_init == "zeros":
+    return np.zeros((cfg.d_target,), np.float32)
+  if cfg.b_dec_init == "mean":
+    return np.asarray(jnp.asarray(ys).mean(0))
+  return np.asarray(geometric_median(ys))
 
 
 def make_init(cfg: SAEConfig, x_sample_ND) -> Callable[[jax.Array], tuple[Any, Any]]:
   """init(key) -> (params, aux), every leaf stacked on a leading SAE axis of size n_saes.
 
-  The normalisation scalar and b_dec (mean or geometric median) come from `x_sample_ND`, a
-  host sample drawn before training; they are constants of the returned function.
+  The normalisation scalars (input, and target for a transcoder) and b_dec (mean or geometric
+  median of the normalised target) come from `x_sample_ND`, a host sample drawn before
+  training (an SAE's [N, D]; a transcoder's {'x', 'y'}, [N, L, D] each with `sources`); they
+  are constants of the returned function.
   """
-  validate(cfg, data_d_in=np.shape(x_sample_ND)[-1])
-  scale = estimate_norm_scale(x_sample_ND, cfg.normalisation)
-  xs = jnp.asarray(x_sample_ND, jnp.float32) * scale
-  if cfg.b_dec_init == "zeros":
-    b_dec = jnp.zeros((cfg.d_in,), jnp.float32)
-  elif cfg.b_dec_init == "mean":
-    b_dec = xs.mean(0)
-  else:
-    b_dec = geometric_median(xs)
-  b_dec = np.asarray(b_dec)
+  xs_all, ys_all = split_pair(cfg, x_sample_ND)
+  xs_l, ys_l = _per_dictionary(cfg, xs_all), _per_dictionary(cfg, ys_all)
+  validate(cfg, data_d_in=xs_l[0].shape[-1])
+  if cfg.transcoder and ys_l[0].shape[-1] != cfg.d_target:
+    raise ConfigError(f"sae.d_out={cfg.d_target} does not match the target's width "
+                      f"{ys_l[0].shape[-1]}")
+  scales = np.asarray([estimate_norm_scale(x, cfg.normalisation) for x in xs_l], np.float32)
+  scales_out = (np.asarray([estimate_norm_scale(y, cfg.normalisation) for y in ys_l],
+                           np.float32) if cfg.transcoder else scales)
+  b_dec = np.stack([_b_dec_init(cfg, jnp.asarray(y) * so) for y, so in zip(ys_l, scales_out)])
   ks = jnp.asarray(cfg.ks, jnp.int32)
   coefs = jnp.asarray(cfg.coefs, jnp.float32)
 
   def init(key):
     keys = jax.random.split(key, cfg.n_saes)
-    return jax.vmap(lambda kk, k, c: _init_one(cfg, kk, jnp.asarray(b_dec), k, c, scale))(
-        keys, ks, coefs)
+    return jax.vmap(lambda kk, k, c, b, s, so: _init_one(cfg, kk, b, k, c, s, so))(
+        keys, ks, coefs, jnp.asarray(b_dec), jnp.asarray(scales), jnp.asarray(scales_out))
 
   return init
 
@@ -412,7 +477,7 @@ def _w_dec(cfg, params):
 
 def pre_activation(cfg: SAEConfig, params, x_BD):
   """x (already normalised) -> pre-activations [B, M]."""
-  xin = x_BD - params["b_dec"] if cfg.architecture in SUBTRACT_B_DEC else x_BD
+  xin = x_BD - params["b_dec"] if cfg.subtract_b_dec else x_BD
   return jnp.einsum("bd,md->bm", xin, params["W_enc_MD"]) + params["b_enc"]
 
 
@@ -510,7 +575,7 @@ def _selected_pre(cfg, params, x_BD, pre_BM, idx_BK, n=None):
   if not cfg.sparse_decode:
     return jnp.take_along_axis(pre_BM, idx_BK, axis=1)
   vals = jnp.take_along_axis(lax.stop_gradient(pre_BM), idx_BK, axis=1)
-  xin = x_BD - params["b_dec"] if cfg.architecture in SUBTRACT_B_DEC else x_BD
+  xin = x_BD - params["b_dec"] if cfg.subtract_b_dec else x_BD
   n = jnp.int32(idx_BK.shape[1]) if n is None else n
   return _sparse_selected(params["W_enc_MD"], params["b_enc"], xin, vals, idx_BK, n)
 
@@ -548,10 +613,20 @@ def encode(cfg: SAEConfig, params, aux, x_BD, *, mesh: Mesh | None = None, norma
   return jax.nn.relu(pre)
 
 
-def decode(cfg: SAEConfig, params, aux, f_BM, *, normalise=True):
-  """Codes -> reconstruction in raw input units (divided by the normalisation scalar)."""
-  x_hat = f_BM @ params["W_dec"] + params["b_dec"]
-  return x_hat / aux["norm_scale"] if normalise else x_hat
+def decode(cfg: SAEConfig, params, aux, f_BM, *, normalise=True, x_BD=None):
+  """Codes -> reconstruction in raw units (divided by the normalisation scalar; for a
+  transcoder the target's).  A skip transcoder also needs its input x_BD (raw units if
+  normalise, else normalised)."""
+  if cfg.skip and x_BD is None:
+    raise ConfigError("decode: a skip transcoder needs its input x_BD")
+  if cfg.skip:
+    x_n = x_BD * aux["norm_scale"] if normalise else x_BD
+    x_hat = f_BM @ params["W_dec"] + _base(cfg, params, x_n)
+  else:
+    x_hat = f_BM @ params["W_dec"] + params["b_dec"]
+  if not normalise:
+    return x_hat
+  return x_hat / (aux["norm_scale_out"] if cfg.transcoder else aux["norm_scale"])
 
 
 # ------------------------------------------------------------------ the training loss
@@ -592,7 +667,7 @@ def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh, run):
     return jnp.mean(_sq(e - e_hat)), e_hat
 
   def skip(params, pre_BM, x_BD):
-    return jnp.float32(0.0), jnp.zeros_like(x_BD)
+    return jnp.float32(0.0), jnp.zeros_like(e)
 
   # Skipped entirely while no latent is dead (a select, not a skip, under the sweep's vmap).
   # jax.checkpoint: the branch saves no residuals of its own (a [B, k_aux, D] gather would
@@ -601,7 +676,7 @@ def _auxk(cfg, params, pre_BM, x_BD, resid_BD, dead_M, mesh, run):
   return jnp.where(jnp.any(dead_M), l, 0.0), e_hat
 
 
-def _topk_sparse(cfg, params, x_BD, pre_BM, k, dead_M, mesh, run):
+def _topk_sparse(cfg, params, x_BD, y_BD, base_BD, pre_BM, k, dead_M, mesh, run):
   """TopK codes, reconstruction and AuxK loss on the sparse path, in one pass.
 
   The K = k_max TopK ranks and the k_aux AuxK ranks (dead latents, chosen in a lax.cond with
@@ -622,8 +697,8 @@ def _topk_sparse(cfg, params, x_BD, pre_BM, k, dead_M, mesh, run):
   vals_aux = sel[:, K:] * jnp.take(dead_M, idx_aux).astype(sel.dtype)
   x_main, e_hat = _decode_sparse(_w_dec(cfg, params), jnp.concatenate([vals, vals_aux], 1),
                                  idx_all, n, K)
-  x_hat = x_main + params["b_dec"]
-  e = lax.stop_gradient(x_BD - x_hat)
+  x_hat = x_main + base_BD
+  e = lax.stop_gradient(y_BD - x_hat)
   aux_loss = jnp.where(any_dead, jnp.mean(_sq(e - e_hat)), 0.0)
   return vals, idx, x_hat, aux_loss
 
@@ -658,6 +733,9 @@ def _fired_and_update(cfg, aux, fired_M, batch_tokens):
 class _Batch(NamedTuple):
   """What every architecture's loss sees of one step, computed once in _loss_one."""
   x_BD: jax.Array          # inputs, normalised
+  y_BD: jax.Array          # targets, normalised (x itself for an SAE)
+  base_BD: jax.Array       # what the reconstruction adds to the decoded codes: b_dec, plus
+                           # x W_skip^T for a skip transcoder
   pre_BM: jax.Array        # encoder pre-activations
   w_dec_MD: jax.Array      # the decoder as the loss uses it (_w_dec: row-projected gradients)
   dec_norm_M: jax.Array    # decoder row norms (relu, jumprelu_tanh)
@@ -684,8 +762,8 @@ class _Terms(NamedTuple):
 # ---- relu, relu_classic, jumprelu, jumprelu_tanh: dense codes f, loss = mse + sparsity
 
 def _codes_terms(params, b: _Batch, f_BM, sparsity, extra=None) -> _Terms:
-  x_hat_BD = f_BM @ b.w_dec_MD + params["b_dec"]
-  mse = jnp.mean(_sq(b.x_BD - x_hat_BD))
+  x_hat_BD = f_BM @ b.w_dec_MD + b.base_BD
+  mse = jnp.mean(_sq(b.y_BD - x_hat_BD))
   return _Terms(mse + sparsity, mse, x_hat_BD, jnp.any(f_BM > 0, axis=0),
                 jnp.mean(jnp.sum(f_BM > 0, -1)), sparsity=sparsity, extra=extra)
 
@@ -724,14 +802,14 @@ def _loss_jumprelu_tanh(cfg, params, aux, b: _Batch) -> _Terms:
 
 def _loss_topk(cfg, params, aux, b: _Batch) -> _Terms:
   if cfg.sparse_decode:
-    vals_BK, idx_BK, x_hat_BD, aux_loss = _topk_sparse(cfg, params, b.x_BD, b.pre_BM, aux["k"],
-                                                       b.dead_M, b.mesh, b.run_auxk)
+    vals_BK, idx_BK, x_hat_BD, aux_loss = _topk_sparse(
+        cfg, params, b.x_BD, b.y_BD, b.base_BD, b.pre_BM, aux["k"], b.dead_M, b.mesh, b.run_auxk)
   else:
     vals_BK, idx_BK = _topk_codes(cfg, params, b.x_BD, b.pre_BM, aux["k"], b.mesh)
-    x_hat_BD = _scatter_dense(vals_BK, idx_BK, cfg.d_sae) @ b.w_dec_MD + params["b_dec"]
-    aux_loss, _ = _auxk(cfg, params, b.pre_BM, b.x_BD, b.x_BD - x_hat_BD, b.dead_M, b.mesh,
+    x_hat_BD = _scatter_dense(vals_BK, idx_BK, cfg.d_sae) @ b.w_dec_MD + b.base_BD
+    aux_loss, _ = _auxk(cfg, params, b.pre_BM, b.x_BD, b.y_BD - x_hat_BD, b.dead_M, b.mesh,
                         b.run_auxk)
-  mse = jnp.mean(_sq(b.x_BD - x_hat_BD))
+  mse = jnp.mean(_sq(b.y_BD - x_hat_BD))
   fired_M = jnp.zeros((cfg.d_sae,), jnp.int32).at[idx_BK.reshape(-1)].max(
       (vals_BK > 0).reshape(-1).astype(jnp.int32)) > 0
   return _Terms(mse + cfg.aux_alpha * aux_loss, mse, x_hat_BD, fired_M,
@@ -762,7 +840,7 @@ def _threshold_ema(cfg, aux, z_BM, keep_BM, step):
 
 def _batch_topk_terms(cfg, params, aux, b: _Batch, z_BM, keep_BM, recon, mse, x_hat_BD,
                       extra=None) -> _Terms:
-  aux_loss, _ = _auxk(cfg, params, b.pre_BM, b.x_BD, b.x_BD - x_hat_BD, b.dead_M, b.mesh,
+  aux_loss, _ = _auxk(cfg, params, b.pre_BM, b.x_BD, b.y_BD - x_hat_BD, b.dead_M, b.mesh,
                       b.run_auxk)
   return _Terms(recon + cfg.aux_alpha * aux_loss, mse, x_hat_BD, jnp.any(keep_BM, axis=0),
                 jnp.mean(jnp.sum(keep_BM, -1)), aux_loss=aux_loss, extra=extra,
@@ -771,8 +849,8 @@ def _batch_topk_terms(cfg, params, aux, b: _Batch, z_BM, keep_BM, recon, mse, x_
 
 def _loss_batchtopk(cfg, params, aux, b: _Batch) -> _Terms:
   z_BM, keep_BM, f_BM = _batch_topk_codes(cfg, aux, b)
-  x_hat_BD = f_BM @ b.w_dec_MD + params["b_dec"]
-  mse = jnp.mean(_sq(b.x_BD - x_hat_BD))
+  x_hat_BD = f_BM @ b.w_dec_MD + b.base_BD
+  mse = jnp.mean(_sq(b.y_BD - x_hat_BD))
   return _batch_topk_terms(cfg, params, aux, b, z_BM, keep_BM, mse, mse, x_hat_BD)
 
 
@@ -782,8 +860,8 @@ def _loss_matryoshka(cfg, params, aux, b: _Batch) -> _Terms:
   losses, extra = [], {}
   for w in cfg.widths:
     prefix_M = (jnp.arange(cfg.d_sae) < w).astype(f_BM.dtype)
-    x_hat_BD = (f_BM * prefix_M) @ b.w_dec_MD + params["b_dec"]
-    losses.append(jnp.mean(_sq(b.x_BD - x_hat_BD)))
+    x_hat_BD = (f_BM * prefix_M) @ b.w_dec_MD + b.base_BD
+    losses.append(jnp.mean(_sq(b.y_BD - x_hat_BD)))
     extra[f"mse_prefix_{w}"] = losses[-1]
   return _batch_topk_terms(cfg, params, aux, b, z_BM, keep_BM, jnp.mean(jnp.stack(losses)),
                            losses[-1], x_hat_BD, extra)
@@ -804,21 +882,31 @@ def _metrics(cfg, aux, b: _Batch, t: _Terms):
   if t.threshold is not None:
     new_aux["threshold"] = metrics["threshold"] = t.threshold
   new_aux["tokens_since_fired"] = _fired_and_update(cfg, aux, t.fired_M, b.x_BD.shape[0])
-  xc_BD = b.x_BD - jnp.mean(b.x_BD, axis=0)
+  xc_BD = b.y_BD - jnp.mean(b.y_BD, axis=0)
   zero = jnp.float32(0.0)
   metrics.update(
       loss=t.loss, mse=t.mse, l0=t.l0, sparsity_loss=zero if t.sparsity is None else t.sparsity,
       aux_loss=zero if t.aux_loss is None else t.aux_loss,
-      explained_variance=1.0 - jnp.sum(_sq(b.x_BD - t.x_hat_BD)) / jnp.sum(_sq(xc_BD)),
+      explained_variance=1.0 - jnp.sum(_sq(b.y_BD - t.x_hat_BD)) / jnp.sum(_sq(xc_BD)),
       dead_fraction=jnp.mean(new_aux["tokens_since_fired"] >= cfg.dead_tokens),
       sparsity_coef=b.lam)
   return {k: lax.stop_gradient(v).astype(jnp.float32) for k, v in metrics.items()}, new_aux
 
 
-def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh, run_auxk):
-  """Loss, metrics and new aux of ONE SAE on one batch (normalised inside): the shared
-  inputs, the architecture's loss from LOSSES, then the shared metrics."""
+def _base(cfg: SAEConfig, params, x_BD):
+  """b_dec, plus the skip term x W_skip^T of a skip transcoder (normalised units)."""
+  if not cfg.skip:
+    return params["b_dec"]
+  return params["b_dec"] + x_BD @ params["W_skip"].T
+
+
+def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh, run_auxk, y_raw_BD=None):
+  """Loss, metrics and new aux of ONE SAE (or transcoder: target y_raw) on one batch
+  (normalised inside): the shared inputs, the architecture's loss from LOSSES, then the
+  shared metrics."""
   x_BD = x_raw_BD.astype(jnp.float32) * aux["norm_scale"]
+  y_BD = (x_BD if not cfg.transcoder
+          else y_raw_BD.astype(jnp.float32) * aux["norm_scale_out"])
   warm = 1.0 if cfg.sparsity_warmup_steps <= 0 else jnp.minimum(
       1.0, (step.astype(jnp.float32) + 1.0) / cfg.sparsity_warmup_steps)
   lam = aux["coef"] * warm
@@ -826,7 +914,7 @@ def _loss_one(cfg: SAEConfig, params, aux, x_raw_BD, step, mesh, run_auxk):
   dec_norm_M = jnp.sqrt(_row_sums(params["W_dec"] * params["W_dec"])[:, 0])
   pre_BM = pre_activation(cfg, params, x_BD)
   dead_M = aux["tokens_since_fired"] >= cfg.dead_tokens
-  b = _Batch(x_BD, pre_BM, w_dec_MD, dec_norm_M, dead_M, lam, step, mesh, run_auxk)
+  b = _Batch(x_BD, y_BD, _base(cfg, params, x_BD), pre_BM, w_dec_MD, dec_norm_M, dead_M, lam, step, mesh, run_auxk)
   terms = LOSSES[cfg.architecture](cfg, params, aux, b)
   metrics, new_aux = _metrics(cfg, aux, b, terms)
   return terms.loss, (metrics, new_aux)
@@ -859,25 +947,33 @@ def make_loss(cfg: SAEConfig, mesh: Mesh | None = None):
 
   def loss(params, aux, batch, key, step):
     del key
-    x = batch["x"] if isinstance(batch, dict) else batch
-    chex.assert_shape(x, (None, cfg.d_in))
+    x, y = split_pair(cfg, batch)
+    lead = (None, None) if cfg.sources else (None,)
+    chex.assert_shape(x, lead + (cfg.d_in,))
+    chex.assert_shape(y, lead + (cfg.d_target,))
     step = jnp.asarray(step, jnp.int32)
     # Whether any SAE of the sweep has a dead latent: one unbatched flag, so AuxK's lax.cond
     # stays a real branch under the sweep's vmap (a batched predicate would turn it into a
     # select that runs the k_aux top-k of every SAE on every step).
     run_auxk = jnp.any(aux["tokens_since_fired"] >= cfg.dead_tokens)
-    one = lambda p, a: _loss_one(cfg, p, a, x, step, mesh, run_auxk)
+    pick = lambda v, i: v[:, cfg.sources[i]] if cfg.sources else v
+    one = lambda p, a, xi, yi: _loss_one(cfg, p, a, xi, step, mesh, run_auxk, yi)
     if cfg.n_saes == 1:   # no vmap: lax.cond inside stays a real branch
-      l, (m, a) = one(select(params, 0), select(aux, 0))
+      l, (m, a) = one(select(params, 0), select(aux, 0), pick(x, 0), pick(y, 0))
       losses, mets, new_aux = jax.tree.map(lambda v: v[None], (l, m, a))
     elif unrolled_sweep(cfg):
       outs = [_loss_one(dataclasses.replace(cfg, k=int(k_i), sparsity_coef=float(c_i)),
-                        select(params, i), select(aux, i), x, step, mesh, run_auxk)
+                        select(params, i), select(aux, i), pick(x, i), step, mesh, run_auxk,
+                        pick(y, i))
               for i, (k_i, c_i) in enumerate(zip(cfg.ks, cfg.coefs))]
       losses, mets, new_aux = jax.tree.map(lambda *v: jnp.stack(v),
                                            *[(l, m, a) for l, (m, a) in outs])
+    elif cfg.sources:     # each dictionary reads its own layer of the batch
+      src = jnp.asarray(cfg.sources)
+      losses, (mets, new_aux) = jax.vmap(one, in_axes=(0, 0, 1, 1))(
+          params, aux, jnp.take(x, src, axis=1), jnp.take(y, src, axis=1))
     else:
-      losses, (mets, new_aux) = jax.vmap(one)(params, aux)
+      losses, (mets, new_aux) = jax.vmap(one, in_axes=(0, 0, None, None))(params, aux, x, y)
     return jnp.sum(losses), (flatten_metrics(mets, cfg.n_saes), new_aux)
 
   return loss
