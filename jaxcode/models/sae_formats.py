@@ -20,8 +20,20 @@ semantics of ``sae_io`` (its docstring). Orientation as stored, and what we do w
   y = f w_dec + b_dec + x affine_skip_connection for affine transcoders.  config.json:
   architecture 'jump_relu', type 'sae'|'transcoder', affine_connection, hf_hook_point_in/out
   (kept as hook_in/hook_out).  Without config.json a transcoder is recognised by its skip
-  tensor, d_out != d_in, or 'transcoder' in the folder name.  Cross-layer transcoder files
-  (w_dec [d_sae, n_layers, d_out]) are refused.
+  tensor, d_out != d_in, or 'transcoder' in the folder name.  A cross-layer transcoder file
+  (w_dec [d_sae, n_layers, d_out]) is refused here: its folder loads with ``load_clt``.
+* **Gemma Scope 2 CLT** (a folder of ``params_layer_{l}.safetensors``, l = 0..L-1, + optional
+  ``config.json``; notes/circuits.md 6.4): each file holds w_enc [d_in, F], w_dec
+  [F, L, d_out] (slot m writes to layer m; only slots m >= l are used, so W_dec[l] =
+  w_dec[:, l:, :]), b_enc [F], b_dec [d_out] (the output bias of layer l), threshold [F] and,
+  for affine CLTs, affine_skip_connection [d_in, d_out] applied as x @ A (our W_skip[l] as
+  is).  JumpReLU ReLU(pre)[pre > threshold] -> ``transcoder_io.ExternalCLT``.  Every file is
+  read, the last layer's too (circuit-tracer's loader loops range(max(layer)) and drops it).
+  Hooks default to blocks.{layer}.mlp_in -> blocks.{layer}.mlp_out (circuit-tracer's Gemma 3
+  mapping: pre_feedforward_layernorm output -> post_feedforward_layernorm output); the
+  config's hf_hook_point_in/out are kept in cfg.
+* **circuit-tracer** folders (``transcoder_io``): a CLT (W_enc_{l}/W_dec_{l}.safetensors +
+  config.yaml) and a transcoder set (layer_{l}.safetensors + config.yaml).
 * **Llama Scope** (``hyperparams.json`` + ``checkpoints/final.safetensors``), as OpenMOSS
   Language-Model-SAEs (lm_saes ``SparseAutoEncoder``) runs a checkpoint in its 'dataset-wise'
   normalisation mode, the mode the published hyperparams name:
@@ -47,19 +59,24 @@ semantics of ``sae_io`` (its docstring). Orientation as stored, and what we do w
 ``load_dictionary(path)`` picks the reader from the files present (a directory, or the weights
 file itself): cfg.json + sae_weights.safetensors -> SAELens; cfg.json + sae.safetensors ->
 sparsify; hyperparams.json + checkpoints/final.safetensors -> Llama Scope; params.safetensors
--> Gemma Scope 2; params.npz (or any .npz) -> Gemma Scope 1.
+-> Gemma Scope 2; params.npz (or any .npz) -> Gemma Scope 1; W_enc_0.safetensors ->
+circuit-tracer CLT; layer_{l}.safetensors -> circuit-tracer transcoder set (one layer: pass
+``layer=``, or the file itself); params_layer_{l}.safetensors -> Gemma Scope 2 CLT.  The two
+CLT layouts are not one dictionary: ``load_clt(path)`` reads them into an ExternalCLT.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 
 from jaxcode.errors import ConfigError
-from jaxcode.models import sae_io
+from jaxcode.models import sae_io, transcoder_io
 from jaxcode.models.sae_io import ExternalSAE, f32, read_json, read_tensors, require
+from jaxcode.models.transcoder_io import ExternalCLT
 
 GS2_WEIGHTS, GS2_CFG = "params.safetensors", "config.json"
 LLAMA_SCOPE_CFG, LLAMA_SCOPE_WEIGHTS = "hyperparams.json", os.path.join("checkpoints",
@@ -71,7 +88,17 @@ LAYOUTS = {
     "llama_scope": "Llama Scope (hyperparams.json + checkpoints/final.safetensors)",
     "gemma_scope_2": "Gemma Scope 2 (params.safetensors [+ config.json])",
     "gemma_scope_1": "Gemma Scope 1 (params.npz)",
+    "circuit_tracer_clt": "circuit-tracer CLT (W_enc_{l}.safetensors, W_dec_{l}.safetensors, "
+                          "config.yaml)",
+    "circuit_tracer_plts": "circuit-tracer transcoder set (layer_{l}.safetensors, config.yaml)",
+    "gemma_scope_2_clt": "Gemma Scope 2 CLT (params_layer_{l}.safetensors [+ config.json])",
 }
+CLT_LAYOUTS = ("circuit_tracer_clt", "gemma_scope_2_clt")
+GS2_CLT_PREFIX = "params_layer_"
+# file name -> layout, for per-layer files
+_LAYER_FILES = ((re.compile(r"^W_(enc|dec)_\d+\.safetensors$"), "circuit_tracer_clt"),
+                (re.compile(r"^params_layer_\d+\.safetensors$"), "gemma_scope_2_clt"),
+                (re.compile(r"^layer_\d+\.safetensors$"), "circuit_tracer_plts"))
 
 
 def _split(path: str, weights_name: str) -> tuple[str, str]:
@@ -111,7 +138,9 @@ def load_gemma_scope_2(path: str) -> ExternalSAE:
           "Gemma Scope 2 w_enc, w_dec, b_enc, b_dec, threshold")
   if w["w_dec"].ndim == 3:
     raise ConfigError(f"{wpath}: w_dec has shape {w['w_dec'].shape} with a layer axis: a "
-                      "cross-layer transcoder file, not supported (expected w_dec [d_sae, d_out])")
+                      "cross-layer transcoder file, not supported as one dictionary (expected "
+                      "w_dec [d_sae, d_out]; a Gemma Scope 2 CLT is a folder of "
+                      "params_layer_{l}.safetensors: sae_formats.load_clt(folder))")
   kind = _gs2_kind(conf, w, directory)
   hook_in = conf.get("hf_hook_point_in")
   sae = ExternalSAE(
@@ -122,6 +151,52 @@ def load_gemma_scope_2(path: str) -> ExternalSAE:
           hook_in if kind == "sae" else None), layout="gemma_scope_2")
   sae_io.validate(sae, wpath)
   return sae
+
+
+# ------------------------------------------------------------------ Gemma Scope 2 CLT
+
+def _gs2_clt_layer(path: str, l: int, n: int) -> dict:
+  w = read_tensors(path)
+  require(w, ("w_enc", "w_dec", "b_enc", "b_dec", "threshold"), path,
+          "Gemma Scope 2 CLT w_enc, w_dec [F, L, d], b_enc, b_dec, threshold")
+  w_enc, w_dec = w["w_enc"], w["w_dec"]
+  if w_dec.ndim != 3 or w_dec.shape[:2] != (w_enc.shape[-1], n):
+    raise ConfigError(f"{path}: w_dec has shape {tuple(w_dec.shape)}, expected "
+                      f"({w_enc.shape[-1]}, {n}, d_out) = [F, L, d_out] for a CLT of {n} "
+                      "layers")
+  out = {"W_enc": f32(np.asarray(w_enc).T), "b_enc": f32(w["b_enc"]),
+         "W_dec": f32(w_dec[:, l:, :]), "b_dec": f32(w["b_dec"]),
+         "threshold": f32(w["threshold"])}
+  if "affine_skip_connection" in w:
+    out["W_skip"] = f32(w["affine_skip_connection"])
+  return out
+
+
+def load_gemma_scope_2_clt(path: str, hook_in: str = "blocks.{layer}.mlp_in",
+                           hook_out: str = "blocks.{layer}.mlp_out") -> ExternalCLT:
+  """Reads a Gemma Scope 2 CLT folder (params_layer_{l}.safetensors, every layer)."""
+  if not os.path.isdir(path):
+    raise ConfigError(f"Gemma Scope 2 CLT {path!r}: expected the folder of "
+                      "params_layer_{l}.safetensors, not one file (a CLT spans every layer)")
+  files = transcoder_io.consecutive_files(path, GS2_CLT_PREFIX)
+  layers = [_gs2_clt_layer(p, l, len(files)) for l, p in enumerate(files)]
+  skips = sum("W_skip" in d for d in layers)
+  if skips not in (0, len(layers)):
+    raise ConfigError(f"{path}: affine_skip_connection in {skips} of {len(layers)} layers: "
+                      "expected all or none")
+  cpath = os.path.join(path, GS2_CFG)
+  conf = read_json(cpath) if os.path.exists(cpath) else {}
+  stack = lambda key: np.stack([d[key] for d in layers])            # noqa: E731
+  for key in ("W_enc", "b_enc", "b_dec", "threshold"):
+    if len({d[key].shape for d in layers}) != 1:
+      raise ConfigError(f"{path}: {key} differs in shape across layers: expected one shape")
+  clt = ExternalCLT(
+      stack("W_enc"), stack("b_enc"), [d["W_dec"] for d in layers], stack("b_dec"),
+      activation="jumprelu", threshold=stack("threshold"),
+      W_skip=stack("W_skip") if skips else None, hook_in=hook_in, hook_out=hook_out,
+      model_name=conf.get("model_name"), cfg=conf, layout="gemma_scope_2_clt")
+  transcoder_io.validate_clt(clt, path)
+  return clt
 
 
 # ------------------------------------------------------------------ Llama Scope
@@ -255,8 +330,60 @@ def _saelens(path: str, **kw) -> ExternalSAE:
   return sae_io.load_saelens(path if os.path.isdir(path) else os.path.dirname(path) or ".", **kw)
 
 
+def _plts(path: str, layer: int | None = None) -> ExternalSAE:
+  if os.path.isfile(path):
+    return transcoder_io.load_circuit_tracer_plt(path, layer)
+  if layer is None:
+    have = sorted(transcoder_io.indexed_files(path, "layer_"))
+    raise ConfigError(f"{path}: a circuit-tracer transcoder set of layers {have}: pass layer= "
+                      "(or read them all with transcoder_io.load_circuit_tracer_plts)")
+  fpath = os.path.join(path, f"layer_{layer}.safetensors")
+  if not os.path.exists(fpath):
+    raise ConfigError(f"{path}: no layer_{layer}.safetensors (have layers "
+                      f"{sorted(transcoder_io.indexed_files(path, 'layer_'))})")
+  return transcoder_io.load_circuit_tracer_plt(fpath, layer)
+
+
 READERS = {"saelens": _saelens, "sparsify": load_sparsify, "llama_scope": load_llama_scope,
-           "gemma_scope_2": load_gemma_scope_2, "gemma_scope_1": _gs1}
+           "gemma_scope_2": load_gemma_scope_2, "gemma_scope_1": _gs1,
+           "circuit_tracer_plts": _plts}
+CLT_READERS = {"circuit_tracer_clt": transcoder_io.load_circuit_tracer_clt,
+               "gemma_scope_2_clt": load_gemma_scope_2_clt}
+OPTIONS = {"norm_scaling_factor": ("saelens", "SAELens files"),
+           "layer": ("circuit_tracer_plts", "circuit-tracer transcoder sets")}
+
+
+def _detect_file(path: str) -> str | None:
+  name, parent = os.path.basename(path), os.path.dirname(os.path.abspath(path))
+  by_name = {sae_io.WEIGHTS: "saelens", SPARSIFY_WEIGHTS: "sparsify",
+             GS2_WEIGHTS: "gemma_scope_2"}
+  if name in by_name:
+    return by_name[name]
+  if name.endswith(".npz"):
+    return "gemma_scope_1"
+  if name == "final.safetensors" and os.path.exists(
+      os.path.join(os.path.dirname(parent), LLAMA_SCOPE_CFG)):
+    return "llama_scope"
+  for pattern, layout in _LAYER_FILES:
+    if pattern.match(name):
+      return layout
+  return None
+
+
+def _detect_dir(path: str) -> str | None:
+  has = lambda *names: all(os.path.exists(os.path.join(path, n)) for n in names)  # noqa: E731
+  for layout, names in (("saelens", (sae_io.CFG, sae_io.WEIGHTS)),
+                        ("sparsify", (SPARSIFY_CFG, SPARSIFY_WEIGHTS)),
+                        ("llama_scope", (LLAMA_SCOPE_CFG, LLAMA_SCOPE_WEIGHTS)),
+                        ("gemma_scope_2", (GS2_WEIGHTS,)), ("gemma_scope_1", ("params.npz",)),
+                        ("circuit_tracer_clt", ("W_enc_0.safetensors",))):
+    if has(*names):
+      return layout
+  if transcoder_io.indexed_files(path, GS2_CLT_PREFIX):
+    return "gemma_scope_2_clt"
+  if transcoder_io.indexed_files(path, "layer_"):
+    return "circuit_tracer_plts"
+  return None
 
 
 def detect_layout(path: str) -> str:
@@ -264,40 +391,47 @@ def detect_layout(path: str) -> str:
   if not os.path.exists(path):
     raise ConfigError(f"dictionary path {path!r} does not exist")
   if os.path.isfile(path):
-    name, parent = os.path.basename(path), os.path.dirname(os.path.abspath(path))
-    by_name = {sae_io.WEIGHTS: "saelens", SPARSIFY_WEIGHTS: "sparsify",
-               GS2_WEIGHTS: "gemma_scope_2"}
-    if name in by_name:
-      return by_name[name]
-    if name.endswith(".npz"):
-      return "gemma_scope_1"
-    if name == "final.safetensors" and os.path.exists(
-        os.path.join(os.path.dirname(parent), LLAMA_SCOPE_CFG)):
-      return "llama_scope"
-    found = [name]
+    layout, found = _detect_file(path), [os.path.basename(path)]
   else:
-    has = lambda *names: all(os.path.exists(os.path.join(path, n)) for n in names)  # noqa: E731
-    for layout, names in (("saelens", (sae_io.CFG, sae_io.WEIGHTS)),
-                          ("sparsify", (SPARSIFY_CFG, SPARSIFY_WEIGHTS)),
-                          ("llama_scope", (LLAMA_SCOPE_CFG, LLAMA_SCOPE_WEIGHTS)),
-                          ("gemma_scope_2", (GS2_WEIGHTS,)), ("gemma_scope_1", ("params.npz",))):
-      if has(*names):
-        return layout
-    found = sorted(os.listdir(path))
+    layout, found = _detect_dir(path), sorted(os.listdir(path))
+  if layout is not None:
+    return layout
   shown = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "") if found else "nothing"
   raise ConfigError(f"{path}: no known dictionary layout (found {shown}); known: "
                     f"{'; '.join(LAYOUTS.values())}")
 
 
+def load_clt(path: str, layout: str | None = None) -> ExternalCLT:
+  """A cross-layer transcoder folder (circuit-tracer or Gemma Scope 2) as an ExternalCLT."""
+  if layout is None:
+    layout = detect_layout(path)
+  if layout not in CLT_READERS:
+    raise ConfigError(f"{path}: layout {layout!r} holds no cross-layer transcoder: expected "
+                      f"one of {tuple(CLT_READERS)}")
+  if os.path.isfile(path):
+    raise ConfigError(f"{path}: one file of a cross-layer transcoder ({layout}): pass its "
+                      f"folder {os.path.dirname(os.path.abspath(path))!r}")
+  return CLT_READERS[layout](path)
+
+
 def load_dictionary(path: str, layout: str | None = None, **kwargs) -> ExternalSAE:
   """Any published dictionary as an ExternalSAE; the layout is detected unless given.
 
-  kwargs go to the reader (``norm_scaling_factor`` for SAELens files that need it)."""
+  kwargs go to the reader (``norm_scaling_factor`` for SAELens files that need it, ``layer``
+  for a circuit-tracer transcoder-set folder).  A CLT layout is refused: use ``load_clt``."""
   if layout is None:
     layout = detect_layout(path)
-  elif layout not in READERS:
-    raise ConfigError(f"layout={layout!r}: expected one of {tuple(READERS)}")
-  if kwargs and layout != "saelens":
-    raise ConfigError(f"{path}: options {sorted(kwargs)} apply to SAELens files only, not to "
+  elif layout not in LAYOUTS:
+    raise ConfigError(f"layout={layout!r}: expected one of {tuple(LAYOUTS)}")
+  if layout in CLT_LAYOUTS:
+    raise ConfigError(f"{path}: a cross-layer transcoder ({layout}), not one dictionary: read "
+                      "it with sae_formats.load_clt(path)")
+  unknown = sorted(k for k in kwargs if k not in OPTIONS)
+  if unknown:
+    raise ConfigError(f"{path}: unknown options {unknown}: expected some of {sorted(OPTIONS)}")
+  bad = sorted(k for k in kwargs if OPTIONS[k][0] != layout)
+  if bad:
+    where = sorted({OPTIONS[k][1] for k in bad})
+    raise ConfigError(f"{path}: options {bad} apply to {' and '.join(where)} only, not to "
                       f"the {layout} layout")
   return READERS[layout](path, **kwargs)

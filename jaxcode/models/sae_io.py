@@ -53,6 +53,14 @@ rescaling), jumprelu / jumprelu_tanh -> 'jumprelu', batchtopk / matryoshka -> 'j
 every threshold equal to the EMA global threshold.  cfg.json carries ``sae_lens_version`` in a
 SAELens-6 ``metadata`` block, so SAELens reads it as a 6.x file and keeps the metadata.
 
+``export_saelens_external`` writes any ExternalSAE the same way (what the transcoder training
+builds from its parameters, or an imported dictionary): input_scale, output_scale and the b_dec
+subtraction folded (``external_raw_arrays``); kind 'sae' -> standard | topk | abstopk |
+jumprelu; transcoders -> transcoder | jumprelu_transcoder, with W_skip -> skip_transcoder |
+jumprelu_skip_transcoder (cfg ``d_out``, metadata ``hook_name`` = hook_in and ``hook_name_out``
+= hook_out, W_skip stored [d_out, d_in]).  SAELens 6.54 has no TopK transcoder: such a
+transcoder is refused here (circuit-tracer's transcoder-set layout, ``transcoder_io``, holds it).
+
 Gemma Scope 1 ``params.npz``: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec,
 threshold (lower-case w_* also accepted); JumpReLU on raw activations, no b_dec subtraction.
 """
@@ -192,6 +200,11 @@ def export_saelens(directory: str, cfg: sae_lib.SAEConfig, params, aux,
   }
   if arch == "topk":
     conf["activation_fn_kwargs"] = {"k": extra["k"]}       # read by pre-6.0 SAELens
+  return _write_saelens(directory, arrays, conf)
+
+
+def _write_saelens(directory: str, arrays: dict, conf: dict) -> str:
+  """The two SAELens files, each written to a temporary name and renamed."""
   os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, WEIGHTS + ".tmp")
   save_file(arrays, tmp)
@@ -201,6 +214,83 @@ def export_saelens(directory: str, cfg: sae_lib.SAEConfig, params, aux,
     json.dump(conf, f, indent=1)
   os.replace(tmp, os.path.join(directory, CFG))
   return directory
+
+
+# ------------------------------------------------------------------ export of an ExternalSAE
+
+def _external_arch(sae: ExternalSAE, where: str) -> str:
+  """The SAELens 6 architecture of an ExternalSAE (ConfigError where SAELens has none)."""
+  act, skip = sae.architecture, sae.W_skip is not None
+  if sae.kind == "sae":
+    if skip or sae.d_out != sae.d_in:
+      raise ConfigError(f"{where}: kind='sae' with W_skip set or d_out={sae.d_out} != d_in="
+                        f"{sae.d_in}: expected kind 'transcoder' or 'skip_transcoder'")
+    if act == "groupmax":
+      raise ConfigError(f"{where}: activation 'groupmax' has no SAELens architecture: "
+                        "expected standard, topk, abstopk or jumprelu")
+    return act
+  if act not in ("standard", "jumprelu"):
+    raise ConfigError(f"{where}: a {act} {sae.kind}: SAELens {SAELENS_VERSION} has "
+                      "transcoders with ReLU or JumpReLU only (expected activation 'standard' "
+                      "or 'jumprelu'; circuit-tracer's transcoder set holds TopK ones)")
+  base = "skip_transcoder" if skip else "transcoder"
+  return base if act == "standard" else "jumprelu_" + base
+
+
+def external_raw_arrays(sae: ExternalSAE) -> dict:
+  """W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_out], b_dec, threshold, W_skip [d_in, d_out]
+  of an ExternalSAE on raw activations: input_scale, output_scale and the b_dec subtraction
+  folded in (W_enc s_in, b_enc - b_dec W_enc, W_dec / s_out, b_dec / s_out,
+  W_skip s_in / s_out), so that pre = x W_enc + b_enc and y = f W_dec + b_dec + x W_skip.
+  Arrays pass through unchanged (bitwise) when there is nothing to fold."""
+  s_in, s_out = float(sae.input_scale), float(sae.output_scale)
+  w_enc, b_enc = sae.W_enc, sae.b_enc
+  if sae.apply_b_dec_to_input:
+    b_enc = b_enc.astype(np.float64) - sae.b_dec.astype(np.float64) @ w_enc.astype(np.float64)
+  out = {"W_enc": w_enc if s_in == 1.0 else w_enc.astype(np.float64) * s_in, "b_enc": b_enc,
+         "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+  if s_out != 1.0:
+    out["W_dec"], out["b_dec"] = (sae.W_dec.astype(np.float64) / s_out,
+                                  sae.b_dec.astype(np.float64) / s_out)
+  if sae.threshold is not None:
+    out["threshold"] = sae.threshold
+  if sae.W_skip is not None:
+    ratio = s_in / s_out
+    out["W_skip"] = sae.W_skip if ratio == 1.0 else sae.W_skip.astype(np.float64) * ratio
+  return {k: f32(v) for k, v in out.items()}
+
+
+def export_saelens_external(directory: str, sae: ExternalSAE, metadata: dict | None = None
+                            ) -> str:
+  """Writes any ExternalSAE (SAE or transcoder) as a SAELens 6 folder, on raw activations.
+
+  Architectures: standard | topk | abstopk | jumprelu for kind 'sae'; transcoder,
+  skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder for transcoders (cfg d_out,
+  W_skip stored [d_out, d_in]).  Scales and the b_dec subtraction are folded
+  (``external_raw_arrays``), so the file has apply_b_dec_to_input = false and
+  normalize_activations = 'none'.  The metadata block: SAELens' fields (null when unknown),
+  hook_name = sae.hook_in and hook_name_out = sae.hook_out, then ``metadata`` (any keys)."""
+  validate(sae, directory)
+  arch = _external_arch(sae, directory)
+  arrays = external_raw_arrays(sae)
+  if "W_skip" in arrays:
+    arrays["W_skip"] = np.ascontiguousarray(arrays["W_skip"].T)
+  meta = {key: None for key in SAELENS_METADATA_KEYS}
+  meta.update(hook_name=sae.hook_in, hook_name_out=sae.hook_out if sae.kind != "sae" else None,
+              sae_lens_version=SAELENS_VERSION, jaxcode_layout=sae.layout,
+              input_scale_folded=float(sae.input_scale),
+              output_scale_folded=float(sae.output_scale))
+  meta.update(metadata or {})
+  conf = {"architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32",
+          "device": "cpu", "apply_b_dec_to_input": False, "normalize_activations": "none",
+          "reshape_activations": "none"}
+  if sae.kind != "sae":
+    conf["d_out"] = sae.d_out
+  if arch in ("topk", "abstopk"):
+    conf.update(k=int(sae.k), rescale_acts_by_decoder_norm=False,
+                activation_fn_kwargs={"k": int(sae.k)})
+  conf["metadata"] = meta
+  return _write_saelens(directory, arrays, conf)
 
 
 # ------------------------------------------------------------------ shared reading helpers
