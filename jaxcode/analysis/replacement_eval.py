@@ -456,3 +456,35 @@ def _check_own_hooks(t, layer, hook_in: str, hook_out: str, where: str):
       want, _ = _hook_name(pattern, layer, where, field)
       if own != want:
         raise ConfigError(f"{where}: the dictionary's {field} is {own!r}: expected {want!r}")
+
+
+def make_replacement_from_clt(clt) -> Replacement:
+  """The Replacement of a cross-layer transcoder (transcoder_io.ExternalCLT, raw units): codes
+  a_j = act(x_j W_enc[j]^T + b_enc[j]); y_hat_m = sum_{j <= m} a_j W_dec[j][:, m-j] + b_dec[m]
+  (+ x_m W_skip[m]); its layers and hook patterns are the CLT's own."""
+  from jaxcode.models import transcoder_io
+  transcoder_io.validate_clt(clt, "clt")
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  consts = {"W_enc": f32(clt.W_enc), "b_enc": f32(clt.b_enc),
+            "W_dec": [f32(w) for w in clt.W_dec], "b_dec": f32(clt.b_dec)}
+  if clt.threshold is not None:
+    consts["threshold"] = f32(clt.threshold)
+  if clt.W_skip is not None:
+    consts["W_skip"] = f32(clt.W_skip)
+  act, k = clt.activation, clt.k
+
+  def encode(c, j, x_ND):
+    pre = x_ND @ c["W_enc"][j].T + c["b_enc"][j]
+    if act == "relu":
+      return jnp.maximum(pre, 0)
+    if act == "jumprelu":
+      return jnp.maximum(pre, 0) * (pre > c["threshold"][j])
+    v, i = jax.lax.top_k(pre, int(k))
+    rows = jnp.arange(pre.shape[0])[:, None]
+    return jnp.zeros_like(pre).at[rows, i].set(jnp.maximum(v, 0))
+
+  def decode(c, m, codes, x_ND):
+    y = c["b_dec"][m] + sum(codes[j] @ c["W_dec"][j][:, m - j] for j in range(m + 1))
+    return y + x_ND @ c["W_skip"][m] if "W_skip" in c else y
+  return Replacement(tuple(int(l) for l in clt.layers), clt.hook_in, clt.hook_out, consts,
+                     encode, decode, consecutive=True)

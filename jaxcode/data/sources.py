@@ -116,22 +116,27 @@ class ActivationCacheSource(_StoredSource):
   on its first read (a corrupt or truncated one is a ConfigError naming it)."""
   kind = "activation_cache"
 
-  def __init__(self, path: str, hookpoint: str, seed: int = 0):
+  def __init__(self, path: str, hookpoint: str | tuple = "", seed: int = 0):
     from jaxcode.data.activations import ActivationCache
-    hooks = [hookpoint] if hookpoint else None
+    hooks = list(hookpoint) if isinstance(hookpoint, (tuple, list)) else (
+        [hookpoint] if hookpoint else None)
     self.cache = ActivationCache.open(path, hookpoints=hooks)
-    if not hookpoint:
+    if not hooks:
       if len(self.cache.hookpoints) != 1:
         raise ConfigError(f"cache {path!r} has hookpoints {self.cache.hookpoints}: "
                           "set data.hookpoint to one of them")
-      hookpoint = self.cache.hookpoints[0]
-    self.hookpoint, self.seed = hookpoint, int(seed)
-    self.d_in = self.cache.width(hookpoint)
+      hooks = [self.cache.hookpoints[0]]
+    # several hookpoints: each row is their concatenation, in this order (PairedSource)
+    self.hookpoints = tuple(hooks)
+    self.hookpoint = hooks[0] if len(hooks) == 1 else self.hookpoints
+    self.seed = int(seed)
+    self.d_in = sum(self.cache.width(h) for h in self.hookpoints)
     if self.cache.n_tokens == 0:
       raise ConfigError(f"cache {path!r} holds no tokens")
 
   def rows_at(self, idx):
-    return np.asarray(self.cache.get(self.hookpoint, idx), np.float32)
+    parts = [np.asarray(self.cache.get(h, idx), np.float32) for h in self.hookpoints]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
   @property
   def n_rows(self):
@@ -160,15 +165,20 @@ class LMSource:
       raise ConfigError(f"LMSource: attention_mask shape {mask.shape} != ids shape {ids.shape}")
     if int(mask.sum()) == 0:
       raise ConfigError("LMSource: the attention mask marks no valid token")
-    lm.forward_fn((hookpoint,))        # unknown hookpoints fail here, before any compute
-    self.lm, self.ids, self.mask, self.hookpoint = lm, ids, mask, hookpoint
+    hooks = tuple(hookpoint) if isinstance(hookpoint, (tuple, list)) else (hookpoint,)
+    lm.forward_fn(hooks)               # unknown hookpoints fail here, before any compute
+    self.lm, self.ids, self.mask, self.hookpoints = lm, ids, mask, hooks
+    # several hookpoints (one forward): each row is their concatenation (PairedSource)
+    self.hookpoint = hooks[0] if len(hooks) == 1 else hooks
     self.seed, self.rows_per_forward = int(seed), int(rows_per_forward)
-    self.d_in = int(lm.hookpoint_width(hookpoint))
+    self.d_in = sum(int(lm.hookpoint_width(h)) for h in hooks)
 
   def _forward(self, rows: np.ndarray) -> np.ndarray:
-    out = self.lm.apply(self.ids[rows], self.mask[rows], (self.hookpoint,))[self.hookpoint]
+    out = self.lm.apply(self.ids[rows], self.mask[rows], self.hookpoints)
     keep = self.mask[rows].reshape(-1).astype(bool)
-    return np.asarray(out, np.float32).reshape(-1, self.d_in)[keep]
+    parts = [np.asarray(out[h], np.float32).reshape(keep.size, -1)[keep]
+             for h in self.hookpoints]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
   def _tokens(self, rng_key, row_stream, batch_size: int) -> np.ndarray:
     n, t = self.ids.shape
@@ -260,3 +270,51 @@ def lm_source_from_config(cfg, load_lm: Callable | None = None) -> LMSource:
   docs = corpus_lib.load_corpus(spec) if spec else corpus_lib.default_corpus()
   packed = corpus_lib.pack(docs, lm.tokenizer, seq_len)
   return LMSource(lm, packed.input_ids, packed.attention_mask, cfg.hookpoint, seed=int(cfg.seed))
+
+
+class PairedSource:
+  """Input/output pairs of L layers for transcoders: batch(step) -> {'x': [B, L, d_in],
+  'y': [B, L, d_out]} (a CLT reads all layers; a per-layer set reads layer j of it).
+
+  Built over a flat source whose rows are the concatenation of the L input hookpoints then
+  the L output hookpoints (ActivationCacheSource or LMSource given that hookpoint list: one
+  cache read or one model forward gives every layer's pair), or over a PlantedTranscoder
+  (`planted`, the ground truth).  Pure in (seed, step) as its flat source is.
+  """
+
+  def __init__(self, flat=None, n_layers: int = 1, d_in: int = 0, d_out: int = 0,
+               planted=None, seed: int = 0, hooks: tuple = ()):
+    self.flat, self.planted, self.seed, self.hooks = flat, planted, int(seed), tuple(hooks)
+    if planted is not None:
+      n_layers, d_in, d_out = planted.n_layers, planted.d_in, planted.d_out
+    self.n_layers, self.d_in, self.d_out = int(n_layers), int(d_in), int(d_out)
+    self.kind = "synthetic" if planted is not None else flat.kind
+    for name in ("cache", "lm", "ids"):
+      if flat is not None and hasattr(flat, name):
+        setattr(self, name, getattr(flat, name))
+
+  def _split(self, rows: np.ndarray) -> dict:
+    L, a = self.n_layers, self.n_layers * self.d_in
+    return {"x": rows[:, :a].reshape(-1, L, self.d_in),
+            "y": rows[:, a:].reshape(-1, L, self.d_out)}
+
+  def batch(self, step, batch_size):
+    if self.planted is not None:
+      return self.planted.batch(self.seed, step, batch_size)
+    return self._split(self.flat.batch(step, batch_size))
+
+  def batch_rows(self, step, batch_size, rows):
+    if self.planted is not None:
+      return {k: v[rows] for k, v in self.batch(step, batch_size).items()}
+    return self._split(self.flat.batch_rows(step, batch_size, rows))
+
+  def sample(self, n, seed):
+    if self.planted is not None:
+      return self.planted.batch(self.seed + 1_000_003, 10_000_000 + int(seed), n)
+    return self._split(self.flat.sample(n, seed))
+
+
+def paired_hookpoints(layers, hook_in: str, hook_out: str) -> tuple[str, ...]:
+  """The flat source's hookpoint order: every layer's input, then every layer's output."""
+  return (tuple(hook_in.format(layer=l) for l in layers)
+          + tuple(hook_out.format(layer=l) for l in layers))

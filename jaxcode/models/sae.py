@@ -125,14 +125,7 @@ class SAEConfig:
   sources: tuple[int, ...] = ()
 
   def __post_init__(self):
-    v = self.sparse_decode
-    if isinstance(v, str):
-      if v not in SPARSE_DECODE_CHOICES:
-        raise ConfigError(f"sae.sparse_decode={v!r}: expected one of {SPARSE_DECODE_CHOICES} "
-                          "or a bool")
-      v = (SPARSE_TOPK_FASTER.get(jax.default_backend(), False) if v == "auto"
-           else v == "sparse")
-    object.__setattr__(self, "sparse_decode", bool(v))
+    object.__setattr__(self, "sparse_decode", resolve_sparse_decode(self.sparse_decode))
     if self.sweep_mode not in SWEEP_MODES:
       raise ConfigError(f"sae.sweep_mode={self.sweep_mode!r}: expected one of {SWEEP_MODES}")
 
@@ -174,6 +167,17 @@ class SAEConfig:
   def widths(self) -> tuple[int, ...]:
     w = tuple(int(v) for v in self.matryoshka_widths)
     return w if (w and w[-1] == self.d_sae) else w + (self.d_sae,)
+
+
+def resolve_sparse_decode(v) -> bool:
+  """sae.sparse_decode as a bool: 'sparse' / 'dense', or 'auto' = the path measured faster on
+  this backend (SPARSE_TOPK_FASTER)."""
+  if isinstance(v, str):
+    if v not in SPARSE_DECODE_CHOICES:
+      raise ConfigError(f"sae.sparse_decode={v!r}: expected one of {SPARSE_DECODE_CHOICES} "
+                        "or a bool")
+    return SPARSE_TOPK_FASTER.get(jax.default_backend(), False) if v == "auto" else v == "sparse"
+  return bool(v)
 
 
 def _as_tuple(v, n):

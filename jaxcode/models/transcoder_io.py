@@ -670,3 +670,58 @@ def load_circuit_tracer_plts(directory: str) -> dict:
     raise ConfigError(f"{directory}: config.yaml lists layers {sorted(want)} but the folder "
                       f"has layer files {sorted(files)}")
   return {layer: load_circuit_tracer_plt(path, layer, conf) for layer, path in files.items()}
+
+
+# ------------------------------------------------------------------ from trained parameters
+
+_SAE_FAMILY_ACTIVATION = {"relu": "standard", "relu_classic": "standard", "topk": "topk",
+                          "jumprelu": "jumprelu", "jumprelu_tanh": "jumprelu",
+                          "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
+
+
+def external_transcoder(cfg, params, aux, *, hook_in=None, hook_out=None) -> ExternalSAE:
+  """One trained transcoder of the SAE family (jaxcode.models.sae with transcoder=True; ONE
+  dictionary, no stack axis) as an ExternalSAE in its own semantics: input_scale and
+  output_scale carry the normalisation, W_skip [d_in, d_out] = ours transposed; BatchTopK
+  becomes JumpReLU at its EMA threshold (pre-activations are unchanged by the scales)."""
+  from jaxcode.models import sae as sae_lib
+  p = {k: np.asarray(v, np.float32) for k, v in params.items()}
+  act = _SAE_FAMILY_ACTIVATION[cfg.architecture]
+  thr = None
+  if cfg.architecture.startswith("jumprelu"):
+    thr = np.maximum(p["threshold"], 0.0)    # ReLU first: a negative threshold acts as 0
+  elif cfg.architecture in sae_lib.BATCH_TOPK_FAMILY:
+    thr = np.full((cfg.d_sae,), max(float(aux["threshold"]), 0.0), np.float32)
+  return ExternalSAE(
+      act, p["W_enc_MD"].T.copy(), p["b_enc"], p["W_dec"], p["b_dec"], threshold=thr,
+      k=int(aux["k"]) if act == "topk" else None, kind="skip_transcoder" if cfg.skip
+      else "transcoder", W_skip=p["W_skip"].T.copy() if cfg.skip else None,
+      input_scale=float(aux["norm_scale"]), output_scale=float(aux["norm_scale_out"]),
+      hook_in=hook_in, hook_out=hook_out, layout="jaxcode")
+
+
+def external_clt(cfg, params, aux, *, layers, hook_in, hook_out, model_name=None) -> ExternalCLT:
+  """A trained CLT (jaxcode.models.clt; no stack axis) as an ExternalCLT with the per-layer
+  normalisation folded into raw units: W_enc[l] *= s_in[l], W_dec^{l->m} /= s_out[m],
+  b_dec[m] /= s_out[m], W_skip[m] -> (s_in[m] / s_out[m]) W_skip[m]^T; topk keeps k; a
+  BatchTopK CLT becomes JumpReLU at its per-layer EMA thresholds."""
+  p = {k: np.asarray(v, np.float32) for k, v in params.items()}
+  s_in = np.asarray(aux["norm_scale"], np.float32)
+  s_out = np.asarray(aux["norm_scale_out"], np.float32)
+  L = cfg.n_layers
+  w_dec = [p[f"W_dec_{l}"] / s_out[l:][None, :, None] for l in range(L)]
+  act, thr = {"relu": "relu", "jumprelu": "jumprelu", "topk": "topk",
+              "batchtopk": "jumprelu"}[cfg.architecture], None
+  if cfg.architecture == "jumprelu":
+    thr = np.maximum(p["threshold"], 0.0)
+  elif cfg.architecture == "batchtopk":
+    thr = np.repeat(np.maximum(np.asarray(aux["threshold"], np.float32), 0.0)[:, None],
+                    cfg.d_sae, axis=1)
+  skip = None
+  if "W_skip" in p:
+    skip = np.transpose(p["W_skip"], (0, 2, 1)) * (s_in / s_out)[:, None, None]
+  return ExternalCLT(p["W_enc_LMD"] * s_in[:, None, None], p["b_enc"], w_dec,
+                     p["b_dec"] / s_out[:, None], activation=act, threshold=thr,
+                     k=int(cfg.k) if act == "topk" else None, W_skip=skip, hook_in=hook_in,
+                     hook_out=hook_out, layers=tuple(int(l) for l in layers),
+                     model_name=model_name)

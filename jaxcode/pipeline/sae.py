@@ -38,8 +38,11 @@ from jaxcode.train import loop, optim
 # SAEConfig fields read from block.sae as they are (the others are converted in sae_config).
 _CONVERTED = ("architecture", "d_in", "d_sae", "k", "sparsity_coef", "k_aux",
               "matryoshka_widths")
+# SAEConfig fields a transcoder stage sets from its data (jaxcode.pipeline.transcoder), not
+# block fields: an SAE keeps their defaults.
+_TRANSCODER = ("transcoder", "skip", "d_out", "sources")
 SAE_FIELDS = tuple(f.name for f in dataclasses.fields(sae_lib.SAEConfig)
-                   if f.name not in _CONVERTED)
+                   if f.name not in _CONVERTED + _TRANSCODER)
 
 
 def d_sae(block, d_in: int) -> int:
