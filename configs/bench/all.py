@@ -1,14 +1,16 @@
 """Every benchmark and the sharded tests in one command, one table (ratios, MFU f32 and bf16).
 
-  python -m launch.benchmark --config=configs/bench/all.py --out=/tmp/bench_all.json     (1 GPU, < 8 min)
+  python -m launch.benchmark --config=configs/bench/all.py --out=/tmp/bench_all.json     (1 GPU, < 9 min)
   python -m launch.benchmark --config=configs/bench/all.py:cpu_dry                        (tiny sizes, CI)
 
 Runs, in one process, the sharded tests on the accelerator (a pytest subprocess with
 JAXCODE_TEST_ACCEL=1, first, so they have the device to themselves), the float32 and
-bfloat16 matmul rates, then superposition, estimators, neuromfa, sae and extract, each from
-its own config file (configs/bench/<name>.py) at the sizes set below, under a soft
+bfloat16 matmul rates, then superposition, estimators, neuromfa, sae, transcoder and extract,
+each from its own config file (configs/bench/<name>.py) at the sizes set below, under a soft
 per-benchmark wall-time budget. A failing benchmark gets its one-line error in the table and
-the others still run. The budgets (budget_s) and the tests' timeout add up to 8 minutes.
+the others still run. The budgets (budget_s) and the tests' timeout add up to 9 minutes.
+The transcoder's PyTorch peers run when JAXCODE_PEER_PYTHON names a Python with torch and
+sae_lens; its CLT memory share needs 8 devices (skipped, with the reason, on one).
 Each block is the benchmark's whole config: override any field, e.g.
 --config.sae.batch=8192, --config.benchmarks='("sae", "extract")', --config.tests.run=False.
 """
@@ -19,7 +21,7 @@ import os
 from ml_collections import ConfigDict
 
 VARIANTS = {   # name: what it runs
-    "default": "accelerator sizes (one GPU, under 8 minutes) and the sharded tests",
+    "default": "accelerator sizes (one GPU, under 9 minutes) and the sharded tests",
     "cpu_dry": "tiny sizes and one tiny sharded test: under a minute on 2 CPU cores (CI)",
     "tiny": "the same as cpu_dry",
 }
@@ -30,7 +32,7 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("tests.select", "pytest -k expression of the sharded tests"),
     ("matmul_n", "size of the square matmuls that measure the float32 and bfloat16 rates"),
 )
-NAMES = ("superposition", "estimators", "neuromfa", "sae", "extract")
+NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "extract")
 
 
 def _benchmark_config(name: str, *variant):
@@ -50,6 +52,7 @@ def _accelerator(c: ConfigDict) -> None:
   c.estimators.matmul_n = 8192
   c.neuromfa = _benchmark_config("neuromfa")       # S = 64, 32 blocks (Python reference ~15 s)
   c.sae = _benchmark_config("sae", "gpu")          # batch 4096, matmul 8192, LM-fed sweeps
+  c.transcoder = _benchmark_config("transcoder", "gpu")   # batch 4096, CLT 4 x 768 x 16384
   c.extract = _benchmark_config("extract")         # MiniLM, 4 batches of 32 x 128
   c.extract.repeats = 5
   c.extract.matmul_n = 8192
@@ -65,6 +68,7 @@ def _cpu_dry(c: ConfigDict) -> None:
   s.d_in, s.d_sae, s.batch, s.k, s.sweep = 64, 512, 256, 8, 2
   s.repeats, s.matmul_n, s.source_rows = 1, 256, 1024
   s.lm_hookpoints, s.lm_repeats = (), 1     # no GPT-2 on the fly
+  c.transcoder = _benchmark_config("transcoder", "cpu_dry")
   e = c.extract = _benchmark_config("extract")
   e.corpus, e.seq_len, e.batch_size, e.n_batches, e.repeats, e.matmul_n = (
       "default:2", 32, 4, 2, 1, 256)
@@ -79,7 +83,8 @@ def get_config(variant: str = "default") -> ConfigDict:
   c.variant = variant                # written into the result
   c.benchmarks = NAMES               # run in this order; each has its block below
   c.budget_s = ConfigDict(dict(      # soft wall-time budget of each benchmark, s (0: none);
-      superposition=45.0, estimators=90.0, neuromfa=75.0, sae=120.0, extract=60.0))
+      superposition=45.0, estimators=90.0, neuromfa=75.0, sae=120.0, transcoder=60.0,
+      extract=60.0))
   if dry:                            # a safety net on a loaded CI machine, not a claim
     for name in NAMES:
       c.budget_s[name] = 120.0

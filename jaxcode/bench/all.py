@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jaxcode.bench import common
 from jaxcode.errors import ConfigError
 
-NAMES = ("superposition", "estimators", "neuromfa", "sae", "extract")
+NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "extract")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # benchmark: dotted keys of its headline ratios (absent ones are left out)
@@ -48,6 +48,9 @@ HEADLINES = {
     "neuromfa": ("paper_speedup_vs_released", "paper_speedup_vs_vectorised"),
     "sae": ("topk_dense_over_dense_relu", "topk_sparse_over_dense_relu",
             "sweeps.topk_k/memory.speedup", "sweeps.relu_coef/memory.speedup"),
+    "transcoder": ("relu_fraction_of_matmul", "topk_sparse_fraction_of_matmul_work_count",
+                   "clt.clt_over_sum_of_per_layer", "memory.param_fraction_on_device0",
+                   "peers.saelens_topk_over_ours", "peers.sparsify_topk_transcoder_over_ours"),
     "extract": ("jax_over_torch", "extract_over_jax_forward"),
 }
 # benchmark: (dotted key of a rate, operations per unit of it, what is counted)
@@ -56,6 +59,7 @@ RATES = {
     "estimators": ("distance_flops_per_s", 1.0, "pairwise-distance matmul of the shared search"),
     "neuromfa": ("path_relaxations_per_s_executed", 2.0, "min-plus relaxations (add + min)"),
     "sae": ("dense_flops_per_s", 1.0, "dense ReLU SAE training step"),
+    "transcoder": ("relu_flops_per_s", 1.0, "dense ReLU transcoder training step"),
     "extract": ("jax_model_flops_per_s", 1.0, "transformer forward matmuls"),
 }
 
