@@ -224,9 +224,8 @@ def _renormalise(cfg, params):
   out = dict(params)
   for l in range(cfg.n_layers):
     w = params[f"W_dec_{l}"]
-    flat = w.reshape(w.shape[0], -1)
-    out[f"W_dec_{l}"] = (flat * lax.rsqrt(jnp.maximum(sae_lib._row_sums(flat * flat), 1e-24))
-                         ).reshape(w.shape)
+    sq = jnp.einsum("mjd,mjd->m", w, w, precision=lax.Precision.HIGHEST)
+    out[f"W_dec_{l}"] = w * lax.rsqrt(jnp.maximum(sq, 1e-24))[:, None, None]
   return out
 
 
@@ -305,6 +304,28 @@ def _auxk(cfg, w_decs, pre_BLM, resid_BLD, dead_LM, mesh, run):
   return lax.cond(run, jax.checkpoint(compute), lambda *_: jnp.float32(0.0), w_decs, pre_BLM)
 
 
+def _auxk_sparse(cfg, params, w_decs, x, pre_BLM, resid_BLD, dead_LM, mesh, run):
+  """AuxK on the sparse path: only the choice of dead features sits in a lax.cond (no
+  gradient); their values and decoders run over n = k_aux ranks when a feature is dead and
+  n = 0 otherwise (sae.py's sparse VJPs), so a step without dead features costs nothing and
+  no dense zero gradients."""
+  e = lax.stop_gradient(resid_BLD)
+  ka, B, L = cfg.k_aux_eff, x.shape[0], cfg.n_layers
+  n = jnp.where(run, ka, 0).astype(jnp.int32)
+  e_hat = jnp.zeros_like(e)
+  for l in range(L):
+    pre = lax.stop_gradient(pre_BLM[:, l])
+    idx = lax.cond(run, lambda p: sae_lib._dead_topk(p, dead_LM[l], ka, mesh),
+                   lambda p: jnp.zeros((B, ka), jnp.int32), pre)
+    vals = sae_lib._sparse_selected(params["W_enc_LMD"][l], params["b_enc"][l], x[:, l],
+                                    jnp.take_along_axis(pre, idx, axis=1), idx, n)
+    vals = jax.nn.relu(vals) * jnp.take(dead_LM[l], idx).astype(vals.dtype)
+    w = w_decs[l]
+    part = sae_lib._decode_sparse(w.reshape(w.shape[0], -1), vals, idx, n, 0)[1]
+    e_hat = e_hat.at[:, l:].add(part.reshape(B, L - l, cfg.d_out))
+  return jnp.where(run, jnp.mean(jnp.sum((e - e_hat) ** 2, axis=(1, 2))), 0.0)
+
+
 def _codes_and_recon(cfg, params, aux, x, pre, w_decs, base, dec_norm, lam, step, mesh):
   """(codes [B, L, M], y_hat, sparsity loss, new EMA thresholds or None)."""
   a = cfg.architecture
@@ -346,7 +367,9 @@ def _loss_one(cfg: CLTConfig, params, aux, x_raw, y_raw, step, mesh):
   err = jnp.sum((y - y_hat) ** 2, axis=(0, 2))                          # [L]
   mse = jnp.sum(err) / x.shape[0]
   aux_loss = jnp.float32(0.0)
-  if cfg.architecture in TOPK_FAMILY:
+  if cfg.architecture in TOPK_FAMILY and cfg.sparse_decode:
+    aux_loss = _auxk_sparse(cfg, params, w_decs, x, pre, y - y_hat, dead, mesh, jnp.any(dead))
+  elif cfg.architecture in TOPK_FAMILY:
     aux_loss = _auxk(cfg, w_decs, pre, y - y_hat, dead, mesh, jnp.any(dead))
   loss = mse + sparsity + cfg.aux_alpha * aux_loss
   new_aux = dict(aux)
