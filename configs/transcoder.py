@@ -85,6 +85,8 @@ def get_config(variant: str = "plt") -> ConfigDict:
   c.sae.d_sae = 512              # latents per layer (a CLT of 18 layers: 62M parameters)
   c.sae.k = 16                   # active latents per layer and token
   c.sae.dead_tokens = 256 * 100  # dead after 100 steps without firing
+  c.sae.k_aux = 64               # AuxK latents per layer (the SAE default d_in / 2 = 320
+                                 # costs 20 sparse TopK passes per layer on CPU)
   c.sae.b_dec_init = "mean"
   c.extract = ConfigDict(dict(
       corpus="default:40",       # offline default corpus (40 prose + 40 code documents)
