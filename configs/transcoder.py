@@ -109,7 +109,8 @@ def get_config(variant: str = "plt") -> ConfigDict:
   c.replacement = ConfigDict(dict(
       enabled=True,              # the replacement model in the LM (causal LMs)
       rows=4,                    # held-out packed rows (4 x 128 tokens): each forward computes
-      batch_size=2))             # logits over Gemma's 262,144-token vocabulary
+      batch_size=2,              # logits over Gemma's 262,144-token vocabulary
+      single_layers=True))       # plt/skip: also each layer's MLP replaced alone
   if variant == "skip":
     c.kind = "skip"
   if variant == "tiny":

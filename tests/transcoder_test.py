@@ -206,3 +206,25 @@ def test_batchtopk_clt_as_jumprelu_keeps_its_l0(tmp_path):
   np.testing.assert_allclose(l0_matched, cfg.k, atol=0.01)
   l0_ema = np.mean(np.sum(np.asarray(clt_lib.encode(cfg, p, a, x)) > 0, axis=2), axis=0)
   assert np.all(np.abs(l0_ema - cfg.k) <= 0.35 * cfg.k), (l0_ema, np.asarray(a["threshold"]))
+
+
+def test_a_sweep_trains_every_value_at_every_layer_on_one_stream():
+  """sweep_k over a per-layer set: one stack of layers x values (layer-major), each
+  dictionary reading its own layer of the shared batch; its loss equals the dictionaries'
+  losses computed one by one (the stack adds nothing between them)."""
+  c = _cfg("plt", **{"sae.sweep_k": (2, 4), "sae.d_sae": 16})
+  cfg = tc_stage.validate(c, 3, 32, 24)
+  assert cfg.n_saes == 6 and cfg.sources == (0, 0, 1, 1, 2, 2) and cfg.ks == (2, 4) * 3
+  src = _source("plt")
+  p, a = sae_lib.make_init(cfg, src.sample(256, 0))(jax.random.key(0))
+  b = src.batch(0, 32)
+  total, (m, _) = sae_lib.make_loss(cfg)(p, a, b, None, 0)
+  parts = []
+  for i, layer in enumerate(cfg.sources):
+    one = transcoder_eval.single(cfg, i)
+    l, _ = sae_lib.make_loss(one)(jax.tree.map(lambda v: v[i:i + 1], p),
+                                  jax.tree.map(lambda v: v[i:i + 1], a),
+                                  {"x": b["x"][:, layer], "y": b["y"][:, layer]}, None, 0)
+    parts.append(float(l))
+    assert float(m[f"mse/{i}"]) >= 0
+  np.testing.assert_allclose(float(total), sum(parts), rtol=1e-5)

@@ -160,15 +160,22 @@ def stage_transcoder(config, workdir: str, plan: dict, mesh, on_metrics=None) ->
   return res
 
 
-def _replacement_of(config, export_dir: str):
+def _replacements_of(config, export_dir: str) -> dict:
+  """{'all': every covered MLP replaced} and, for per-layer transcoders, {'layer_<l>': that
+  MLP alone} (errors do not compound there: the per-layer splice SAELens reports)."""
   from jaxcode.analysis import replacement_eval
   from jaxcode.models import transcoder_io
   ct = os.path.join(export_dir, "circuit_tracer")
   if config.kind == "clt":
-    return replacement_eval.make_replacement_from_clt(transcoder_io.load_circuit_tracer_clt(ct))
-  return replacement_eval.make_replacement_from_external(
-      transcoder_io.load_circuit_tracer_plts(ct), hook_in=config.hook_in,
-      hook_out=config.hook_out)
+    return {"all": replacement_eval.make_replacement_from_clt(
+        transcoder_io.load_circuit_tracer_clt(ct))}
+  ts = transcoder_io.load_circuit_tracer_plts(ct)
+  make = lambda d: replacement_eval.make_replacement_from_external(
+      d, hook_in=config.hook_in, hook_out=config.hook_out)
+  out = {"all": make(ts)}
+  if config.replacement.single_layers:
+    out.update({f"layer_{l}": make({l: t}) for l, t in sorted(ts.items())})
+  return out
 
 
 def stage_replacement(config, workdir: str, plan: dict) -> dict | None:
@@ -184,9 +191,13 @@ def stage_replacement(config, workdir: str, plan: dict) -> dict | None:
     t0 = time.time()
     rows, held_out = spliced_lib.held_out_rows(config.extract, plan["lm"].tokenizer,
                                                int(blk.rows))
-    res = replacement_eval.replacement_eval(
-        plan["lm"], rows.input_ids, rows.attention_mask, _replacement_of(config, export_dir),
+    per = replacement_eval.replacement_eval(
+        plan["lm"], rows.input_ids, rows.attention_mask, _replacements_of(config, export_dir),
         special=rows.special, batch_size=int(blk.batch_size))
+    res = per.pop("all")
+    keep = ("ce_replacement", "ce_zero", "ce_mean", "ce_recovered_zero", "ce_recovered_mean",
+            "kl_replacement", "kl_zero", "kl_mean")
+    res["single_layer"] = {k[len("layer_"):]: {f: v[f] for f in keep} for k, v in per.items()}
     res.update(stage="replacement", held_out=held_out, seconds=time.time() - t0)
     return res
   res = stage.run_stage("replacement", folder, compute, log=False)

@@ -25,13 +25,19 @@ def _by_label(per_layer: list[dict]) -> dict:
 def plot_layers(results: dict, path: str) -> str:
   """FVU (held-out) and L0 per layer, one line per dictionary label of the run."""
   tc = results["transcoder"]
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+  single = (results.get("replacement") or {}).get("single_layer") or {}
+  fig, axes = plt.subplots(1, 3 if single else 2, figsize=(13 if single else 9, 3.2))
   for label, recs in _by_label(tc["per_layer"]).items():
     layers = [r["layer"] for r in recs]
     axes[0].plot(layers, [r["fvu"] for r in recs], "o-", label=label)
     axes[1].plot(layers, [r["l0"] for r in recs], "o-", label=label)
   axes[0].set_ylabel("FVU (held out)")
   axes[1].set_ylabel("L0 (active latents / token)")
+  if single:
+    ls = sorted(single, key=int)
+    for key, name in (("ce_recovered_zero", "vs zero"), ("ce_recovered_mean", "vs mean")):
+      axes[2].plot([int(l) for l in ls], [single[l][key] for l in ls], "o-", label=name)
+    axes[2].set_ylabel("CE recovered, this MLP replaced alone")
   for ax in axes:
     ax.set_xlabel("layer")
     ax.legend(fontsize=7)
