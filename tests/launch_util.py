@@ -21,3 +21,14 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def set_fields(config, **over):
+  """config (unlocked) with dotted overrides applied: set_fields(c, **{"sae.k": 4})."""
+  for key, value in over.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config

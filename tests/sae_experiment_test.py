@@ -22,7 +22,7 @@ from jaxcode.experiments import train_sae
 from jaxcode.models import sae_io
 from jaxcode.pipeline import sae as sae_stage
 from jaxcode.train import loop
-from launch_util import REPO, cpu_env, free_port
+from launch_util import REPO, cpu_env, free_port, set_fields
 
 
 def _cfg(arch, **over):
@@ -30,12 +30,7 @@ def _cfg(arch, **over):
   c.unlock()
   c.eval.tokens = 2048
   c.norm_sample_tokens = 512
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  set_fields(c, **over)
   c.lock()
   return c
 

@@ -22,7 +22,7 @@ from jaxcode import parallel
 from jaxcode.errors import ConfigError
 from jaxcode.experiments import train_transcoder
 from jaxcode.pipeline import model as model_lib
-from launch_util import REPO, cpu_env
+from launch_util import REPO, cpu_env, set_fields
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "lm", "gemma3_text")
 
@@ -32,12 +32,7 @@ def _cfg(variant="tiny", **over):
   c.unlock()
   c.progress = False
   c.optim.warmup_steps = 5
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  set_fields(c, **over)
   c.lock()
   return c
 

@@ -28,6 +28,7 @@ from jaxcode.models import sae as sae_lib
 from jaxcode.models import sae_io, transcoder_io
 from jaxcode.pipeline import transcoder as tc_stage
 from jaxcode.train import loop
+from launch_util import set_fields
 
 
 def _cfg(kind="clt", arch="topk", **over):
@@ -36,12 +37,7 @@ def _cfg(kind="clt", arch="topk", **over):
   c.kind = kind
   c.sae.architecture = arch
   c.optim.warmup_steps = 5
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  set_fields(c, **over)
   c.lock()
   return c
 

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcode.analysis.spliced_eval import (_ce_kl_sums, _log_softmax, _prepare, _ratio,
-                                           resolve_mode, splice_positions)
+                                           resolve_mode, splice_positions, token_inputs)
 from jaxcode.errors import ConfigError
 from jaxcode.models import sae_io
 from jaxcode.models.lm import BLOCK_HOOKS
@@ -274,13 +274,7 @@ def _check_inputs(lm, input_ids, attention_mask, special, batch_size, mean_rows)
   if resolve_mode(lm, "auto") != "causal":
     raise ConfigError(f"replacement_eval: expected a causal LM with an LM head, got "
                       f"model_type={lm.model_type!r} (has_logits={lm.has_logits})")
-  ids = np.asarray(input_ids, np.int32)
-  mask = np.asarray(attention_mask, np.int32)
-  if ids.ndim != 2 or mask.shape != ids.shape:
-    raise ConfigError(f"input_ids {ids.shape} / attention_mask {mask.shape}: expected equal "
-                      "[batch, seq] shapes")
-  if special is not None and np.shape(special) != ids.shape:
-    raise ConfigError(f"special of shape {np.shape(special)}: expected {ids.shape}")
+  ids, mask = token_inputs(input_ids, attention_mask, special)
   vocab, n_ctx = lm.module.vocab, getattr(lm.module, "n_ctx", ids.shape[1])
   if ids.size and (ids.min() < 0 or ids.max() >= vocab):
     raise ConfigError(f"input_ids in [{ids.min()}, {ids.max()}]: expected token ids in "

@@ -177,6 +177,18 @@ def _prepare(lm, ids, mask, splice, mode, mask_prob, seed, mask_token_id):
   return ids, np.zeros_like(ids), np.zeros(ids.shape, np.float32), {}
 
 
+def token_inputs(input_ids, attention_mask, special=None):
+  """(ids, mask) as int32 [N, T] arrays, checked: equal 2-D shapes, special of that shape."""
+  ids = np.asarray(input_ids, np.int32)
+  mask = np.asarray(attention_mask, np.int32)
+  if ids.ndim != 2 or mask.shape != ids.shape:
+    raise ConfigError(f"input_ids {ids.shape} / attention_mask {mask.shape}: expected equal "
+                      "[batch, seq] shapes")
+  if special is not None and np.shape(special) != ids.shape:
+    raise ConfigError(f"special of shape {np.shape(special)}: expected {ids.shape}")
+  return ids, mask
+
+
 def spliced_eval(lm, input_ids, attention_mask, hookpoint: str,
                  reconstruct: Callable | Mapping[str, Callable], *,
                  special=None, batch_size: int = 8, mode: str = "auto", mask_prob: float = 0.15,
@@ -195,13 +207,7 @@ def spliced_eval(lm, input_ids, attention_mask, hookpoint: str,
   if hookpoint in ("logits",):
     raise ConfigError("hookpoint 'logits': expected a hookpoint inside the model")
   mode = resolve_mode(lm, mode)
-  ids = np.asarray(input_ids, np.int32)
-  mask = np.asarray(attention_mask, np.int32)
-  if ids.ndim != 2 or mask.shape != ids.shape:
-    raise ConfigError(f"input_ids {ids.shape} / attention_mask {mask.shape}: expected equal "
-                      "[batch, seq] shapes")
-  if special is not None and np.shape(special) != ids.shape:
-    raise ConfigError(f"special of shape {np.shape(special)}: expected {ids.shape}")
+  ids, mask = token_inputs(input_ids, attention_mask, special)
   if batch_size < 1:
     raise ConfigError(f"batch_size={batch_size}: expected a positive integer")
   splice = splice_positions(mask, special)
