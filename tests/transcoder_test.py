@@ -102,7 +102,8 @@ def test_sharded_2x4_equals_one_device(kind, arch, tmp_path):
   """Latents over `model` (4), tokens over `data` (2): the same parameters as on one device,
   within float tolerance (different reductions); for the CLT every feature's encoder and all
   its decoders share a shard."""
-  c = _cfg(kind, arch, steps=4, log_every=1, batch_size=64, **{"checkpoint.every": 100,
+  c = _cfg(kind, arch, steps=4, log_every=1, batch_size=64, **{"optim.warmup_steps": 2,
+                                                              "checkpoint.every": 100,
                                                               "sae.d_sae": 32})
   src = _source(kind)
   one = _train(c, src, _mesh(), str(tmp_path / "one"))
