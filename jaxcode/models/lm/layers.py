@@ -1,6 +1,8 @@
 """The pieces every transformer family here shares: masked attention (multi-head,
 grouped-query, sliding-window, soft-capped), rotary embeddings (default, linear, llama3),
-the plain and gated MLPs, LayerNorm and RMSNorm, dense layers, and the hookpoint record.
+the plain and gated MLPs, LayerNorm and RMSNorm, dense layers, the hookpoint record, and
+the freeze points (`Freeze`): every normalisation scale and attention pattern, recorded
+from one forward and replayed in another (the local replacement model of attribution).
 
 The block helpers (`self_attention`, `gqa_attention`, `mlp`, `gated_mlp`) create their Flax
 submodules by name inside the calling block's compact `__call__`, so the parameter tree is
@@ -20,6 +22,7 @@ heads per KV head, N KV heads, K head dim, F MLP width or rotary frequencies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Sequence
@@ -51,18 +54,92 @@ def activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
+# ---------------------------------------------------------------- freezing
+
+class Freeze:
+  """The nonlinear denominators of one forward: every normalisation's 1/scale and every
+  attention pattern, in the order the forward computes them.
+
+  Recording (values=None) collects them; replaying hands the recorded arrays back in the same
+  order in place of the ones the forward would compute. A replayed forward of the same inputs
+  gives the same values, but its normalisations and attention are then linear maps fixed at
+  the recorded point: with the MLP outputs held too, the model is affine in what is added
+  at any hookpoint (the local replacement model of circuit tracing). Trace-time state: use
+  inside one traced function (jit, vjp) around module.apply.
+  """
+
+  def __init__(self, values=None):
+    self.recording = values is None
+    self.values = [] if values is None else list(values)
+    self.kinds: list[str] = []
+    self.used = 0
+
+
+_FREEZES: list[Freeze] = []
+
+
+@contextlib.contextmanager
+def freezing(values=None):
+  """`with freezing() as f:` records into f.values; `with freezing(values):` replays them."""
+  f = Freeze(values)
+  _FREEZES.append(f)
+  try:
+    yield f
+  finally:
+    _FREEZES.pop()
+
+
+def frozen(kind: str, x):
+  """x as computed (no freeze active, or recording), else the next recorded value."""
+  if not _FREEZES:
+    return x
+  f = _FREEZES[-1]
+  if f.recording:
+    f.values.append(x)
+    f.kinds.append(kind)
+    return x
+  if f.used >= len(f.values):
+    raise ConfigError(f"freeze replay: {kind} value {f.used + 1} requested but only "
+                      f"{len(f.values)} were recorded: expected the recorded forward's inputs")
+  v = f.values[f.used]
+  if tuple(v.shape) != tuple(x.shape):
+    raise ConfigError(f"freeze replay: recorded {kind} value {f.used} has shape {v.shape}: "
+                      f"expected {x.shape} (the recorded forward's inputs)")
+  f.used += 1
+  return jnp.asarray(v).astype(x.dtype)
+
+
 # ---------------------------------------------------------------- layers
 
 def dense(features: int, name: str, dtype, use_bias: bool = True) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def layer_norm(eps: float, name: str, dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+def layer_norm(eps: float, name: str, dtype) -> "LayerNorm":
+  return LayerNorm(eps, dtype, name=name)
 
 
 def embed(n: int, d_model: int, name: str, dtype) -> nn.Embed:
   return nn.Embed(n, d_model, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class LayerNorm(nn.Module):
+  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis in float32 (var as
+  mean(x^2) - mean^2, Flax's fast variance), cast to dtype; 1/sqrt(var + eps) is a freeze
+  point. Parameters `scale`, `bias` as flax.linen.LayerNorm's."""
+  eps: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(x32 * x32, axis=-1, keepdims=True) - mean * mean, 0.0)
+    inv = frozen("layernorm", jax.lax.rsqrt(var + self.eps))
+    return ((x32 - mean) * (inv * scale) + bias).astype(self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -70,6 +147,7 @@ class RMSNorm(nn.Module):
 
   Llama/Qwen (plus_one=False): normalise in float32, cast to the compute dtype, times w.
   Gemma (plus_one=True): normalise and multiply by (1 + w) in float32, then cast.
+  1/rms(x) is a freeze point (see Freeze).
   """
   eps: float
   plus_one: bool = False
@@ -80,7 +158,8 @@ class RMSNorm(nn.Module):
     init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
     w = self.param("scale", init, (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
-    n32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    inv = frozen("rmsnorm", jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps))
+    n32 = x32 * inv
     if self.plus_one:
       return (n32 * (1.0 + w)).astype(self.dtype)
     return w.astype(self.dtype) * n32.astype(self.dtype)
@@ -119,7 +198,8 @@ def attend(q_BTHK, k_BSNK, v_BSNK, bias_B1QS, scale: float, softcap: float | Non
                       preferred_element_type=jnp.float32) * scale
   if softcap is not None:
     logits = jnp.tanh(logits / softcap) * softcap
-  probs = jax.nn.softmax(logits + bias_B1QS[:, :, None], axis=-1).astype(v_BSNK.dtype)
+  probs = frozen("attention", jax.nn.softmax(logits + bias_B1QS[:, :, None], axis=-1))
+  probs = probs.astype(v_BSNK.dtype)
   out = jnp.einsum("bngts,bsnk->btngk", probs, v_BSNK)
   return out.reshape(B, T, H * K)
 
