@@ -16,8 +16,6 @@ References not taken from the code under test:
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
