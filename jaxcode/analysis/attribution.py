@@ -675,3 +675,66 @@ def attribute(lm, transcoders, prompt: str | None = None, *, ids=None, max_n_log
       logit_strings=decode_tokens(lm, logit_tok),
       prompt=prompt if prompt is not None else "".join(decode_tokens(lm, ids)),
       scan=coders.scan, metadata=meta)
+
+
+# ---------------------------------------------------------------- paths
+
+def _topological(graph) -> np.ndarray:
+  """Node order in which every edge runs forward: tokens, then per layer its features and
+  errors, then the logits."""
+  L, T = len(graph.layers), len(graph.input_tokens)
+  err_layer = np.repeat(np.arange(L), T)
+  layer = np.concatenate([graph.features[:, 0], err_layer, np.full(T, -1),
+                          np.full(len(graph.logit_tokens), L)])
+  return np.argsort(layer, kind="stable")
+
+
+def top_paths(graph, k: int = 5, target: int | None = None, adjacency=None) -> list[tuple]:
+  """The k paths into a logit node (default: the most probable logit) with the largest
+  product of normalised edge weights |A[t, s]| / sum_s' |A[t, s']| (the share of each node's
+  input its predecessor on the path accounts for), each from a node with no inputs (a token
+  or an error) : [(score, [node indices from source to logit]), ...]."""
+  A = np.abs(np.asarray(graph.adjacency if adjacency is None else adjacency, np.float64))
+  A = A / np.maximum(A.sum(1, keepdims=True), 1e-30)
+  n = A.shape[0]
+  n_log = len(graph.logit_tokens)
+  target = n - n_log if target is None else n - n_log + int(target)
+  best = np.zeros((n, k))           # best[v, r]: score of v's r-th best path from a leaf
+  back = np.full((n, k, 2), -1)     # (predecessor, its rank)
+  for v in _topological(graph):
+    inputs = np.nonzero(A[v])[0]
+    if inputs.size == 0:
+      best[v, 0] = 1.0
+      continue
+    cand = (A[v, inputs][:, None] * best[inputs]).ravel()
+    top = np.argsort(-cand, kind="stable")[:k]
+    best[v, :top.size] = cand[top]
+    back[v, :top.size, 0] = inputs[top // k]
+    back[v, :top.size, 1] = top % k
+  paths = []
+  for r in range(k):
+    if best[target, r] <= 0:
+      break
+    path, (v, rank) = [target], (target, r)
+    while back[v, rank, 0] >= 0:
+      v, rank = back[v, rank]
+      path.append(int(v))
+    paths.append((float(best[target, r]), path[::-1]))
+  return paths
+
+
+def node_label(graph, i: int) -> str:
+  """A short description of node i: 'feature 12 (L3, pos 4)', 'error (L3, pos 4)',
+  "token ' Paris' (pos 4)", "logit ' Paris' (p=0.41)"."""
+  n_f, L, T = len(graph.features), len(graph.layers), len(graph.input_tokens)
+  if i < n_f:
+    j, p, f = graph.features[i]
+    return f"feature {f} (L{graph.layers[j]}, pos {p}, act {graph.activations[i]:.3g})"
+  if i < n_f + L * T:
+    j, p = divmod(i - n_f, T)
+    return f"error (L{graph.layers[j]}, pos {p})"
+  if i < n_f + L * T + T:
+    p = i - n_f - L * T
+    return f"token {graph.token_strings[p]!r} (pos {p})"
+  q = i - n_f - L * T - T
+  return f"logit {graph.logit_strings[q]!r} (p={graph.logit_probs[q]:.3g})"
