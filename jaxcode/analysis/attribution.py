@@ -278,7 +278,7 @@ def token_id(lm, token) -> int:
   unk = getattr(tok, "unk_token_id", None)
   if got is None or (unk is not None and got == unk and token != tok.unk_token):
     ids = tok(token, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
+    if len(ids) != 1 or (unk is not None and ids[0] == unk):
       raise ConfigError(f"target token {token!r} is not in the vocabulary (it tokenizes to "
                         f"{len(ids)} tokens {ids}): expected exactly one token")
     got = ids[0]

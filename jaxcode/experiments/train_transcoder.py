@@ -112,37 +112,15 @@ def validate(config, workdir: str | None, mesh=None) -> dict:
 
 # ------------------------------------------------------------------ stages
 
-def stage_extract(config, workdir: str, plan: dict) -> str:
-  """The paired activations cached; returns the cache directory."""
-  folder = os.path.join(workdir, "extract")
-  cache_dir = os.path.join(folder, cache_lib.CACHE)
-  old = stage.read_final(folder)
-  if old and old.get("complete") and not cache_lib.damage(cache_dir):
-    _log(config, f"extract: reused ({old['n_tokens']} tokens cached)")
-    return cache_dir
-  t0, mesh = time.time(), parallel.make_mesh(-1, 1)
-  _log(config, f"extract: caching {len(plan['hooks'])} hookpoints of {plan['name']}")
-  lm = model_lib.load(plan["spec"], mesh=mesh, dtype=cache_lib.compute_dtype(config.extract))
-  res = cache_lib.cache_activations(config.extract, folder, lm, plan["spec"], plan["hooks"],
-                                    mesh)
-  _log(config, f"extract: {res['n_tokens']} tokens in {time.time() - t0:.0f} s")
-  return cache_dir
-
-
 def build_source(config, workdir: str, plan: dict):
-  """The PairedSource of config.source (running the extract stage for 'cache')."""
-  seed, n = int(config.data.seed), len(plan["layers"])
+  """The PairedSource of config.source (caching into extract/ first for 'cache')."""
   if config.source == "synthetic":
-    return sources.PairedSource(planted=plan["planted"], seed=seed)
-  if config.source == "cache":
-    flat = sources.ActivationCacheSource(stage_extract(config, workdir, plan), plan["hooks"],
-                                         seed=seed)
-  else:
-    packed = cache_lib.pack_corpus(config.extract, plan["lm"].tokenizer)
-    flat = sources.LMSource(plan["lm"], packed.input_ids, packed.attention_mask, plan["hooks"],
-                            seed=seed)
-  return sources.PairedSource(flat, n, plan["d_in"], plan["d_out"], seed=seed,
-                              hooks=plan["hooks"])
+    return sources.PairedSource(planted=plan["planted"], seed=int(config.data.seed))
+  t0 = time.time()
+  src = tc_stage.paired_source(config, os.path.join(workdir, "extract"), plan["lm"], plan["spec"],
+                               plan["hooks"], len(plan["layers"]), plan["d_in"], plan["d_out"],
+                               log=lambda m: _log(config, f"{m} ({time.time() - t0:.0f} s)"))
+  return src
 
 
 def stage_transcoder(config, workdir: str, plan: dict, mesh, on_metrics=None) -> dict:

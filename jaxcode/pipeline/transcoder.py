@@ -39,6 +39,8 @@ from jaxcode.errors import ConfigError
 from jaxcode.models import clt as clt_lib
 from jaxcode.models import sae as sae_lib
 from jaxcode.models import sae_io, transcoder_io
+from jaxcode.pipeline import cache as cache_lib
+from jaxcode.pipeline import model as model_lib
 from jaxcode.pipeline import sae as sae_stage
 from jaxcode.pipeline import stage
 from jaxcode.train import loop
@@ -157,6 +159,32 @@ def validate(block, n_layers: int, d_in: int, d_out: int, data_axis: int = 1,
     raise ConfigError(f"batch_size={block.batch_size}: expected a multiple of the data axis "
                       f"size {data_axis}")
   return cfg
+
+
+def paired_source(block, extract_folder: str, lm, spec, hooks, n_layers: int, d_in: int,
+                  d_out: int, log=None):
+  """The PairedSource of a model's hookpoints (hook_in of every covered layer, then hook_out):
+  block.source 'cache' caches them first under extract_folder (resuming chunk by chunk, reused
+  when complete; extraction on a data-parallel mesh of every device), 'lm' computes them with
+  the model for every batch. block: configs/transcoder.py's fields (extract, data.seed)."""
+  from jaxcode.data import sources
+  seed = int(block.data.seed)
+  if block.source == "cache":
+    cache_dir = os.path.join(extract_folder, cache_lib.CACHE)
+    old = stage.read_final(extract_folder)
+    if not (old and old.get("complete") and not cache_lib.damage(cache_dir)):
+      if log:
+        log(f"extract: caching {len(hooks)} hookpoints of {spec.name}")
+      mesh = parallel.make_mesh(-1, 1)
+      model = model_lib.load(spec, mesh=mesh, dtype=cache_lib.compute_dtype(block.extract))
+      res = cache_lib.cache_activations(block.extract, extract_folder, model, spec, hooks, mesh)
+      if log:
+        log(f"extract: {res['n_tokens']} tokens")
+    flat = sources.ActivationCacheSource(cache_dir, hooks, seed=seed)
+  else:
+    packed = cache_lib.pack_corpus(block.extract, lm.tokenizer)
+    flat = sources.LMSource(lm, packed.input_ids, packed.attention_mask, hooks, seed=seed)
+  return sources.PairedSource(flat, n_layers, d_in, d_out, seed=seed, hooks=hooks)
 
 
 def lib_of(cfg):
