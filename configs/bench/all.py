@@ -5,7 +5,8 @@
 
 Runs, in one process, the sharded tests on the accelerator (a pytest subprocess with
 JAXCODE_TEST_ACCEL=1, first, so they have the device to themselves), the float32 and
-bfloat16 matmul rates, then superposition, estimators, neuromfa, sae, transcoder and extract,
+bfloat16 matmul rates, then superposition, estimators, neuromfa, sae, transcoder, attribution
+and extract,
 each from its own config file (configs/bench/<name>.py) at the sizes set below, under a soft
 per-benchmark wall-time budget. A failing benchmark gets its one-line error in the table and
 the others still run. The budgets (budget_s) and the tests' timeout add up to 9 minutes.
@@ -32,7 +33,8 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("tests.select", "pytest -k expression of the sharded tests"),
     ("matmul_n", "size of the square matmuls that measure the float32 and bfloat16 rates"),
 )
-NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "extract")
+NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "attribution",
+         "extract")
 
 
 def _benchmark_config(name: str, *variant):
@@ -53,6 +55,7 @@ def _accelerator(c: ConfigDict) -> None:
   c.neuromfa = _benchmark_config("neuromfa")       # S = 64, 32 blocks (Python reference ~15 s)
   c.sae = _benchmark_config("sae", "gpu")          # batch 4096, matmul 8192, LM-fed sweeps
   c.transcoder = _benchmark_config("transcoder", "gpu")   # batch 4096, CLT 4 x 768 x 16384
+  c.attribution = _benchmark_config("attribution", "gpu")   # Gemma 3 270M, 16 tokens
   c.extract = _benchmark_config("extract")         # MiniLM, 4 batches of 32 x 128
   c.extract.repeats = 5
   c.extract.matmul_n = 8192
@@ -69,6 +72,7 @@ def _cpu_dry(c: ConfigDict) -> None:
   s.repeats, s.matmul_n, s.source_rows = 1, 256, 1024
   s.lm_hookpoints, s.lm_repeats = (), 1     # no GPT-2 on the fly
   c.transcoder = _benchmark_config("transcoder", "cpu_dry")
+  c.attribution = _benchmark_config("attribution", "cpu_dry")
   e = c.extract = _benchmark_config("extract")
   e.corpus, e.seq_len, e.batch_size, e.n_batches, e.repeats, e.matmul_n = (
       "default:2", 32, 4, 2, 1, 256)
@@ -83,8 +87,8 @@ def get_config(variant: str = "default") -> ConfigDict:
   c.variant = variant                # written into the result
   c.benchmarks = NAMES               # run in this order; each has its block below
   c.budget_s = ConfigDict(dict(      # soft wall-time budget of each benchmark, s (0: none);
-      superposition=45.0, estimators=90.0, neuromfa=75.0, sae=120.0, transcoder=60.0,
-      extract=60.0))
+      superposition=45.0, estimators=80.0, neuromfa=65.0, sae=105.0, transcoder=55.0,
+      attribution=40.0, extract=60.0))
   if dry:                            # a safety net on a loaded CI machine, not a claim
     for name in NAMES:
       c.budget_s[name] = 120.0

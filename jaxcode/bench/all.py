@@ -37,7 +37,8 @@ import jax.numpy as jnp
 from jaxcode.bench import common
 from jaxcode.errors import ConfigError
 
-NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "extract")
+NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "attribution",
+         "extract")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # benchmark: dotted keys of its headline ratios (absent ones are left out)
@@ -51,6 +52,7 @@ HEADLINES = {
     "transcoder": ("relu_fraction_of_matmul", "topk_sparse_fraction_of_matmul_work_count",
                    "clt.clt_over_sum_of_per_layer", "memory.param_fraction_on_device0",
                    "peers.saelens_topk_over_ours", "peers.sparsify_topk_transcoder_over_ours"),
+    "attribution": ("vjp_row_over_forward", "active_features", "seconds_per_graph"),
     "extract": ("jax_over_torch", "extract_over_jax_forward"),
 }
 # benchmark: (dotted key of a rate, operations per unit of it, what is counted)
@@ -60,6 +62,7 @@ RATES = {
     "neuromfa": ("path_relaxations_per_s_executed", 2.0, "min-plus relaxations (add + min)"),
     "sae": ("dense_flops_per_s", 1.0, "dense ReLU SAE training step"),
     "transcoder": ("relu_flops_per_s", 1.0, "dense ReLU transcoder training step"),
+    "attribution": ("row_flops_per_s", 1.0, "attribution rows (frozen backward + contraction)"),
     "extract": ("jax_model_flops_per_s", 1.0, "transformer forward matmuls"),
 }
 
