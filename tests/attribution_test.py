@@ -66,14 +66,18 @@ CASES = {"gemma3_clt_skip": ("gemma3_text", lambda lm: random_clt(lm)),
 IDS = np.array([1, 17, 5, 30, 9, 22, 41, 8, 12, 3], np.int32)
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
-def case(request):
-  arch, make = CASES[request.param]
+def build_case(arch, make, max_n_logits):
+  """(lm, transcoders, local replacement, graph) of the prompt IDS."""
   lm = lm_of(arch)
   tc = make(lm)
   local = attr.local_replacement(lm, tc, IDS)
-  graph = attr.attribute(lm, tc, ids=IDS, batch_size=32, max_n_logits=3)
+  graph = attr.attribute(lm, tc, ids=IDS, batch_size=32, max_n_logits=max_n_logits)
   return lm, tc, local, graph
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+  return build_case(*CASES[request.param], max_n_logits=3)
 
 
 def target_values(local, graph, dirs, out):

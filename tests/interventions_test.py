@@ -10,10 +10,9 @@ reproduce it); and for attribution patching, the exact patches run one by one.
 import numpy as np
 import pytest
 
-from jaxcode.analysis import attribution as attr
 from jaxcode.analysis import interventions as itv
 from jaxcode.errors import ConfigError
-from tests.attribution_test import IDS, lm_of, random_clt, random_plts
+from tests.attribution_test import IDS, build_case, lm_of, random_clt, random_plts
 
 CASES = {"gemma3_clt": ("gemma3_text", lambda lm: random_clt(lm)),
          "llama_plt": ("llama", lambda lm: random_plts(lm))}
@@ -21,12 +20,7 @@ CASES = {"gemma3_clt": ("gemma3_text", lambda lm: random_clt(lm)),
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
-  arch, make = CASES[request.param]
-  lm = lm_of(arch)
-  tc = make(lm)
-  local = attr.local_replacement(lm, tc, IDS)
-  graph = attr.attribute(lm, tc, ids=IDS, batch_size=32, max_n_logits=4)
-  return lm, tc, local, graph
+  return build_case(*CASES[request.param], max_n_logits=4)
 
 
 def demeaned(logits):
