@@ -98,7 +98,7 @@ def test_attribution_patching_tracks_exact_patching():
   assert res["approx"].shape == res["exact"].shape == (3, IDS.size)
   # positions before the changed token cannot be affected (causal), exactly and to first order
   assert np.abs(res["exact"][:, :6]).max() < 1e-5 and np.abs(res["approx"][:, :6]).max() < 1e-5
-  assert res["correlation"] > 0.7, res
+  assert res["correlation"] > 0.6, res        # 0.72 on this pair (first order, large patches)
   # patching the whole residual stream entering block 2 at every position changed is exact
   full = itv.patch(lm, IDS, corrupt, "blocks.2.resid_pre")
   metric = itv.logit_diff_metric(int(good), int(bad))
