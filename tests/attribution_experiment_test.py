@@ -86,3 +86,21 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, over, match):
   with pytest.raises(ConfigError, match=match):
     experiment.run(tiny(**over), str(wd))
   assert not wd.exists()
+
+
+def test_a_transcoder_set_folder_loads_as_per_layer_coders(tmp_path):
+  from jaxcode.pipeline import attribution as attr_stage
+  from tests.attribution_test import lm_of, random_plts
+  lm = lm_of("llama")
+  ts = random_plts(lm, skip=True)
+  for l, t in ts.items():
+    ts[l] = t.__class__(**{**t.__dict__, "hook_in": f"blocks.{l}.resid_mid",
+                           "hook_out": f"blocks.{l}.mlp_out"})
+  path = transcoder_io.export_circuit_tracer_plts(str(tmp_path / "set"), [ts[0], ts[1]], (0, 1))
+  coders = attr_stage.load_transcoders(path)
+  assert coders.hook_in == "blocks.{layer}.resid_mid" and coders.n_slots == 1
+  for l in (0, 1):
+    np.testing.assert_allclose(coders.W_enc[l], ts[l].W_enc.T, rtol=1e-6)
+    np.testing.assert_allclose(coders.W_dec[l][:, 0], ts[l].W_dec, rtol=1e-6)
+    np.testing.assert_allclose(coders.W_skip[l], ts[l].W_skip, rtol=1e-6)
+  assert coders.threshold is not None and coders.activation == "jumprelu"
