@@ -430,15 +430,20 @@ def test_json_links_of_random_graphs_join_written_nodes():
   assert written == int(pr.node_mask[:g.n_features].sum())
 
 
-def test_json_id_collision_raises():
+def test_json_id_collision_renames_the_error_node():
   # layers (0, 1): feature (layer 0, index 1, pos 1) is "0_1_1", and so is error (layer 1, pos 1)
   g = diamond(layers=(0, 1), f0_index=1)
-  with pytest.raises(ConfigError, match=r"node_id '0_1_1' names both feature \(layer 0, index 1, "
-                                        r"position 1\) and error \(layer 1, position 1\)"):
-    _json(g, cg.prune(g))
-  # node threshold 0.7 (cut-off .5) drops the error: nothing collides among written nodes
+  d = _json(g, cg.prune(g))
+  by_id = {n["node_id"]: n for n in d["nodes"]}
+  assert by_id["0_1_1"]["feature_type"] == "cross layer transcoder"
+  err = by_id["err_1_1"]
+  assert err["feature_type"] == "mlp reconstruction error" and err["layer"] == "1"
+  assert err["ctx_idx"] == 1
+  assert any(l["source"] == "err_1_1" for l in d["links"])
+  # node threshold 0.7 (cut-off .5) drops the error: the plain id stays the feature's
   d = _json(g, cg.prune(g, 0.7, 0.98))
   assert "0_1_1" in {n["node_id"] for n in d["nodes"]}
+  assert "err_1_1" not in {n["node_id"] for n in d["nodes"]}
 
 
 def _native(x):

@@ -50,8 +50,10 @@ the influence-weighted share of each node's normalised input that does not come 
     logit     Lo_tok_last      tok                            "Lo"   L_tok-last
 
 with Lo = max(layers) + 2 (= n_layers + 1 when the transcoders cover every model layer) and
-last = T - 1. An error id 0_l_pos equals the id of a layer-0 feature with index l at pos:
-such a collision among the written nodes raises ConfigError.
+last = T - 1. An error id 0_l_pos equals the id of a layer-0 feature with index l at pos
+(it happens on real graphs: Gemma 3 270M, "The capital of France is"); such an error node is
+written as err_l_pos instead (its layer and ctx_idx fields say where it is). Any other
+collision among the written nodes raises ConfigError.
 """
 
 from __future__ import annotations
@@ -445,6 +447,8 @@ def _nodes_and_links(graph: Graph, pruned: Pruned) -> tuple[list, list]:
   records, owner = {}, {}
   for i in kept:
     rec = node_record(graph, i, None if i >= graph.logit_slice.start else cum[i])
+    if rec["node_id"] in owner and rec["feature_type"] == ERROR_TYPE:
+      rec["node_id"] = f"err_{rec['layer']}_{rec['ctx_idx']}"    # 0_l_pos is a feature's id
     other = owner.setdefault(rec["node_id"], i)
     if other != i:
       raise ConfigError(f"node_id {rec['node_id']!r} names both {_describe(graph, other)} and "
