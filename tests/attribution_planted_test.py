@@ -99,3 +99,11 @@ def test_top_path_is_the_planted_one(planted):
   # the runner-up is the weaker direct path: token C -> layer-0 neuron 1 -> logit Z
   assert rest and rest[0][1] == [n_f + 2 * T + T - 1, feats[(0, T - 1, 1)], want[-1]]
   assert score > rest[0][0]
+
+
+def test_paths_from_tokens_skip_error_nodes(planted):
+  _, graph = planted
+  paths = attr.top_paths(graph, k=2, errors=False)
+  n_f, T = len(graph.features), IDS.size
+  assert all(p[0] >= n_f + 2 * T for _, p in paths)        # every path starts at a token
+  assert paths[0][1] == attr.top_paths(graph, k=1)[0][1]    # exact transcoders: same top path

@@ -689,13 +689,18 @@ def _topological(graph) -> np.ndarray:
   return np.argsort(layer, kind="stable")
 
 
-def top_paths(graph, k: int = 5, target: int | None = None, adjacency=None) -> list[tuple]:
+def top_paths(graph, k: int = 5, target: int | None = None, adjacency=None,
+              errors: bool = True) -> list[tuple]:
   """The k paths into a logit node (default: the most probable logit) with the largest
   product of normalised edge weights |A[t, s]| / sum_s' |A[t, s']| (the share of each node's
   input its predecessor on the path accounts for), each from a node with no inputs (a token
-  or an error) : [(score, [node indices from source to logit]), ...]."""
+  or an error) : [(score, [node indices from source to logit]), ...]. errors=False: paths that
+  start at a token (error nodes still count in each node's input total)."""
   A = np.abs(np.asarray(graph.adjacency if adjacency is None else adjacency, np.float64))
   A = A / np.maximum(A.sum(1, keepdims=True), 1e-30)
+  if not errors:
+    n_f, LT = len(graph.features), len(graph.layers) * len(graph.input_tokens)
+    A[:, n_f:n_f + LT] = 0.0
   n = A.shape[0]
   n_log = len(graph.logit_tokens)
   target = n - n_log if target is None else n - n_log + int(target)

@@ -119,4 +119,7 @@ def summary(results: dict) -> str:
            f"{sp['completeness_score']:.3f})", "top paths into the predicted token:"]
   for p in results["top_paths"]:
     lines.append(f"  {p['score']:.3f}  " + " -> ".join(p["nodes"]))
+  lines.append("top paths from a token (error nodes left out):")
+  for p in results["top_token_paths"]:
+    lines.append(f"  {p['score']:.3f}  " + " -> ".join(p["nodes"]))
   return "\n".join(lines)

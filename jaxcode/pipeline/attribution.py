@@ -148,6 +148,9 @@ def graph_stage(config, folder: str, lm, coders: attr.Coders, ids, targets, mesh
          "n_edges_pruned": int((pruned.edge_mask & (graph.adjacency != 0)).sum()),
          "top_paths": [{"score": s, "nodes": [attr.node_label(graph, i) for i in p]}
                        for s, p in paths],
+         "top_token_paths": [{"score": s, "nodes": [attr.node_label(graph, i) for i in p]}
+                             for s, p in attr.top_paths(graph, k=int(config.n_paths),
+                                                        errors=False)],
          "attribution": graph.metadata, "seconds_graph": t_graph,
          "seconds_prune_and_write": time.time() - t0 - t_graph}
   return res, doc
