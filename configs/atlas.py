@@ -40,6 +40,7 @@ constant learning-rate schedule (jaxcode/workdir.py); any other difference is re
 
 from ml_collections import ConfigDict
 
+from configs import dashboards as dashboards_configs
 from configs import four_properties as four_properties_configs
 from configs import neuromfa as neuromfa_configs
 from configs import sae as sae_configs
@@ -129,6 +130,11 @@ def get_config(variant: str = "minilm") -> ConfigDict:
                                  # seed, twonn_discard, mle_k, probe.dim/folds, spectrum.lo/hi)
   c.neuromfa = neuromfa_configs.stage_block()   # the stage's block, as launch.neuromfa has it
   c.neuromfa.enabled = True      # the weights' multifractal spectrum with its null
+  c.dashboards = ConfigDict(dict(
+      enabled=True,              # a page for every latent of every layer's SAE
+      max_tokens=128 * 24,       # cached rows scanned (evenly spaced), in tokens
+      per_page=128,              # latents per HTML page
+      scan=dashboards_configs.scan_block()))   # the scan's fields, as launch.dashboards has them
   if variant in ("gemma3", "smollm2"):   # causal LMs with a real head: CE and KL recovered
     t.sae.d_sae = 0              # 2 x the model width (1280 for Gemma 3 270M, 1152 for SmolLM2)
     c.spliced.rows = 4           # 4 x 128 held-out tokens: each spliced forward computes
@@ -171,5 +177,8 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.four_properties.probe.folds = 2
     c.four_properties.spectrum.hi = 10
     c.neuromfa.S = 8
+    c.dashboards.max_tokens = 34 * 8
+    c.dashboards.scan.k_top = 5
+    c.dashboards.scan.window_before = 6
   c.lock()
   return c

@@ -33,6 +33,21 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
 )
 
 
+def scan_block() -> ConfigDict:
+  """The scan's fields (jaxcode.pipeline.dashboards), shared with the atlas's dashboards."""
+  return ConfigDict(dict(
+      k_top=20,                  # top activating contexts kept per latent
+      n_intervals=5,             # activation intervals (0, max] for the samples
+      per_interval=5,            # uniform samples per interval
+      n_bins=50,                 # log10 activation-density histogram bins
+      coact_top=10,              # co-activation neighbours (dictionaries up to 4096 latents)
+      seed=0,                    # the interval samples' random keys
+      window_before=8,           # context tokens shown before the qualifying token ...
+      window_after=4,            # ... and after it
+      rows_per_batch=8,          # packed rows per forward
+      max_latents=0))            # pages for the first N latents only (0: all)
+
+
 def _train_block() -> ConfigDict:
   t = sae_config.get_config("topk")
   t.steps = 150
@@ -58,17 +73,7 @@ def get_config(variant: str = "default") -> ConfigDict:
       corpus="default:40",       # offline default corpus (prose and code)
       seq_len=128,               # tokens per packed row
       max_tokens=128 * 64))      # packed positions scanned (rows evenly spaced)
-  c.scan = ConfigDict(dict(
-      k_top=20,                  # top activating contexts kept per latent
-      n_intervals=5,             # activation intervals (0, max] for the samples
-      per_interval=5,            # uniform samples per interval
-      n_bins=50,                 # log10 activation-density histogram bins
-      coact_top=10,              # co-activation neighbours (dictionaries up to 4096 latents)
-      seed=0,                    # the interval samples' random keys
-      window_before=8,           # context tokens shown before the qualifying token ...
-      window_after=4,            # ... and after it
-      rows_per_batch=8,          # packed rows per forward
-      max_latents=0))            # pages for the first N latents only (0: all)
+  c.scan = scan_block()          # the feature scan and the context windows
   c.per_page = 64                # latents per HTML page
   c.neuronpedia = ConfigDict(dict(
       model_id="",               # Neuronpedia model id ('' = the model's name)

@@ -24,7 +24,7 @@ from jaxcode.report import atlas as report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCEPTS = os.path.join(ROOT, "jaxcode", "resources", "concepts")
 # spliced_kl exists for causal LMs only; MiniLM (no LM head) has the embedding score
-TABLE_KEYS = [k for k, _ in report.TABLE if k != "spliced_kl"] + ["act_slope_r2", "dec_slope_r2"]
+TABLE_KEYS = [k for k, _ in report.TABLE if k not in ("spliced_kl", "dashboards")] + ["act_slope_r2", "dec_slope_r2"]
 # lobe_probe_sigma is None (undefined) when every random-direction probe of its null scores
 # the same; with this tiny SAE that happens, so it is checked only where it is a number
 
@@ -105,7 +105,8 @@ def test_stop_and_rerun_reuses_finished_stages(finished, capsys):
   again = atlas.run(finished["cfg"], wd)
   err = capsys.readouterr().err
   for stage in ("extract", "sae layer 0", "sae layer 1", "estimates layer 0",
-                "estimates layer 1", "four properties", "neuromfa"):
+                "estimates layer 1", "four properties", "neuromfa", "dashboards layer 0",
+                "dashboards layer 1"):
     assert f"atlas: {stage}: reused" in err
   third = _mtimes(wd)
   stage_files = [p for p in after if p.startswith(atlas.STAGES)]
@@ -173,6 +174,11 @@ def test_report_html_is_self_contained(finished):
   assert "What the numbers do and do not support" in page
   assert page.count("<tr>") >= 1 + len(res["layers"])
   assert report._fmt(res["layers"][0]["twonn"]) in page
+  for row in res["layers"]:    # every layer links to its latents' dashboards
+    link = f"dashboards/layer_{row['layer']}/index.html"
+    assert row["dashboards"] == link and f'href="{link}"' in page
+    index = open(os.path.join(wd, link), encoding="utf-8").read()
+    assert "latents/page_0.html" in index or "latent-row" in index
 
 
 def _refused(cfg, wd, match):

@@ -17,6 +17,9 @@ needs as it is:
                            config.lobes)
   four_properties/         concept-word table with the SAEs (pipeline.four_properties)
   neuromfa/                the weights' multifractal spectrum with its null (pipeline.neuromfa)
+  dashboards/layer_<i>/     a page for every latent of the layer's SAE: index.html, latent
+                           pages (pipeline.dashboards over dashboards.max_tokens of the cached
+                           rows, report.dashboards); the report links each layer to its index
   results.json, report.html, figures/*.png
 
 A stage is complete when its final file (written last by an atomic rename) exists; complete
@@ -46,7 +49,7 @@ from jaxcode.pipeline import sae as sae_stage
 from jaxcode.pipeline import spliced as spliced_lib
 from jaxcode.pipeline import stage
 
-STAGES = ("extract", "sae", "spliced", "estimates", "four_properties", "neuromfa")
+STAGES = ("extract", "sae", "spliced", "estimates", "four_properties", "neuromfa", "dashboards")
 
 
 def _log(config, msg: str) -> None:
@@ -77,6 +80,9 @@ def _check_blocks(config) -> None:
     spliced_lib.validate(config.spliced)
   if config.neuromfa.enabled:
     neuromfa_lib.validate(config.neuromfa)
+  if config.dashboards.enabled:
+    positive_int("dashboards.max_tokens", config.dashboards.max_tokens)
+    positive_int("dashboards.per_page", config.dashboards.per_page)
 
 
 def _check_layers(config, n: int) -> list[int]:
@@ -101,6 +107,9 @@ def validate(config) -> dict:
   if es.hi > min(d_sae, lm.d_model, es.tokens - 1):
     raise ConfigError(f"estimates.hi={es.hi}: expected <= min(d_sae, d_model, tokens - 1) = "
                       f"{min(d_sae, lm.d_model, es.tokens - 1)}")
+  if config.dashboards.enabled:
+    from jaxcode.pipeline import dashboards as dash
+    dash.check(config.dashboards.scan, lm, None, hook(layers[0]), int(config.extract.seq_len))
   if max(config.lobes.cluster_counts) >= d_sae:
     raise ConfigError(f"lobes.cluster_counts={tuple(config.lobes.cluster_counts)}: expected "
                       "< d_sae")
@@ -231,9 +240,44 @@ def stage_neuromfa(config, workdir: str, plan: dict, done: dict) -> dict | None:
   return res
 
 
+def _dashboard_rows(config, lm):
+  """The cached rows the dashboards scan: dashboards.max_tokens worth, evenly spaced."""
+  from jaxcode.data import corpus as corpus_lib
+  packed = cache_lib.load_packed(config.extract, lm.tokenizer)
+  n = max(1, int(config.dashboards.max_tokens) // int(config.extract.seq_len))
+  return packed.take_rows(corpus_lib.evenly_spaced(packed.input_ids.shape[0], n))
+
+
+def stage_dashboards(config, workdir: str, plan: dict, done: dict) -> dict | None:
+  from jaxcode.pipeline import dashboards as dash
+  from jaxcode.report import dashboards as report_dash
+  if not config.dashboards.enabled:
+    return None
+  d, lm, out, packed = config.dashboards, plan["lm"], {}, None
+  for l in plan["layers"]:
+    folder, t0 = os.path.join(workdir, "dashboards", f"layer_{l}"), time.time()
+    if stage.read_final(folder) is not None:
+      out[l] = stage.read_final(folder)
+      _log(config, f"dashboards layer {l}: reused")
+      continue
+    packed = packed if packed is not None else _dashboard_rows(config, lm)
+
+    def compute(l=l, folder=folder):
+      recs, summary = dash.records(d.scan, os.path.join(folder, "scan"), lm, _load_sae(workdir, l),
+                                   hook(l), packed, layer_label=hook(l))
+      report_dash.write_dashboards(recs, folder, title=f"{plan['name']} {hook(l)}",
+                                   layer_label=hook(l), per_page=int(d.per_page))
+      return {**summary, "index": f"dashboards/layer_{l}/index.html"}
+    out[l] = r = stage.run_stage("dashboards", folder, compute, log=False)
+    _log(config, f"dashboards layer {l}: {r['n_latents']} latents over {r['n_tokens']} tokens "
+                 f"({time.time() - t0:.0f} s)")
+  return out
+
+
 STAGE_FNS = dict(extract=stage_extract, sae=stage_sae, spliced=stage_spliced,
                  estimates=stage_estimates,
-                 four_properties=stage_four_properties, neuromfa=stage_neuromfa)
+                 four_properties=stage_four_properties, neuromfa=stage_neuromfa,
+                 dashboards=stage_dashboards)
 
 
 # ------------------------------------------------------------------ run
@@ -259,7 +303,8 @@ def _run(config, workdir: str, stop_after: str | None) -> dict:
       return {"stopped_after": name}
   from jaxcode.report import atlas as report
   results = report.assemble(config, plan, done["extract"], done["sae"], done["estimates"],
-                            done["four_properties"], done["neuromfa"], done["spliced"])
+                            done["four_properties"], done["neuromfa"], done["spliced"],
+                            done["dashboards"])
   results["seconds_this_invocation"] = dict(seconds, total=time.time() - t0)
   figures = report.write_all(results, os.path.join(workdir, "figures"))
   results["figures"] = [os.path.relpath(f, workdir) for f in figures]   # portable workdir

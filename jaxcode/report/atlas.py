@@ -105,7 +105,8 @@ TABLE = (("layer", "block"), ("twonn", "TwoNN"), ("mle", "MLE"), ("sae_l0", "SAE
          ("abstraction", "abstr."), ("precision", "prec."), ("specificity", "spec."),
          ("systematicity", "syst."), ("act_slope", "act. slope"), ("dec_slope", "dec. slope"),
          ("act_clustering_entropy", "act. CE"), ("dec_clustering_entropy", "dec. CE"),
-         ("lobe_code_prose_separation", "code/prose lobes"), ("lobe_ami_sigma", "lobe AMI σ"))
+         ("lobe_code_prose_separation", "code/prose lobes"), ("lobe_ami_sigma", "lobe AMI σ"),
+         ("dashboards", "dashboards"))
 
 
 # ------------------------------------------------------------------ results.json
@@ -130,7 +131,7 @@ def _spliced_row(r: dict | None) -> dict:
 
 
 def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm,
-             spliced: dict | None = None) -> dict:
+             spliced: dict | None = None, dashboards: dict | None = None) -> dict:
   fp_rows = {r["hookpoint"]: r for r in fp["table"]["template"]}
   layers = []
   for l in plan["layers"]:
@@ -151,6 +152,7 @@ def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm,
     row["lobes"] = e["lobes"]
     row["eigenvalues_activations"] = e["eigenvalues_activations"]
     row["eigenvalues_decoder"] = e["eigenvalues_decoder"]
+    row["dashboards"] = (dashboards or {}).get(l, {}).get("index")
     layers.append(row)
   out = {"experiment": "atlas", "variant": config.variant, "model": plan["name"],
          "model_dir": plan["path"], "revision": config.revision or None,
@@ -314,6 +316,9 @@ def _fmt(v) -> str:
 
 
 def _cell(row: dict, key: str) -> str:
+  if key == "dashboards":
+    link = row.get(key)
+    return (f'<td><a href="{html.escape(link)}">latents</a></td>' if link else "<td>–</td>")
   text = _fmt(row.get(key))
   if key in PROPERTIES:
     ok = row["pass"].get(key)
