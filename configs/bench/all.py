@@ -5,8 +5,8 @@
 
 Runs, in one process, the sharded tests on the accelerator (a pytest subprocess with
 JAXCODE_TEST_ACCEL=1, first, so they have the device to themselves), the float32 and
-bfloat16 matmul rates, then superposition, estimators, neuromfa, sae, transcoder, attribution
-and extract,
+bfloat16 matmul rates, then superposition, estimators, neuromfa, sae, transcoder, attribution,
+dashboards and extract,
 each from its own config file (configs/bench/<name>.py) at the sizes set below, under a soft
 per-benchmark wall-time budget. A failing benchmark gets its one-line error in the table and
 the others still run. The budgets (budget_s) and the tests' timeout add up to 9 minutes.
@@ -34,7 +34,7 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("matmul_n", "size of the square matmuls that measure the float32 and bfloat16 rates"),
 )
 NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "attribution",
-         "extract")
+         "dashboards", "extract")
 
 
 def _benchmark_config(name: str, *variant):
@@ -56,6 +56,7 @@ def _accelerator(c: ConfigDict) -> None:
   c.sae = _benchmark_config("sae", "gpu")          # batch 4096, matmul 8192, LM-fed sweeps
   c.transcoder = _benchmark_config("transcoder", "gpu")   # batch 4096, CLT 4 x 768 x 16384
   c.attribution = _benchmark_config("attribution", "gpu")   # Gemma 3 270M, 16 tokens
+  c.dashboards = _benchmark_config("dashboards", "gpu")     # 16,384 latents, 1M tokens
   c.extract = _benchmark_config("extract")         # MiniLM, 4 batches of 32 x 128
   c.extract.repeats = 5
   c.extract.matmul_n = 8192
@@ -73,6 +74,7 @@ def _cpu_dry(c: ConfigDict) -> None:
   s.lm_hookpoints, s.lm_repeats = (), 1     # no GPT-2 on the fly
   c.transcoder = _benchmark_config("transcoder", "cpu_dry")
   c.attribution = _benchmark_config("attribution", "cpu_dry")
+  c.dashboards = _benchmark_config("dashboards", "cpu_dry")
   e = c.extract = _benchmark_config("extract")
   e.corpus, e.seq_len, e.batch_size, e.n_batches, e.repeats, e.matmul_n = (
       "default:2", 32, 4, 2, 1, 256)
@@ -87,8 +89,8 @@ def get_config(variant: str = "default") -> ConfigDict:
   c.variant = variant                # written into the result
   c.benchmarks = NAMES               # run in this order; each has its block below
   c.budget_s = ConfigDict(dict(      # soft wall-time budget of each benchmark, s (0: none);
-      superposition=45.0, estimators=80.0, neuromfa=65.0, sae=105.0, transcoder=55.0,
-      attribution=40.0, extract=60.0))
+      superposition=40.0, estimators=75.0, neuromfa=60.0, sae=100.0,
+      transcoder=50.0, attribution=40.0, dashboards=35.0, extract=50.0))
   if dry:                            # a safety net on a loaded CI machine, not a claim
     for name in NAMES:
       c.budget_s[name] = 120.0

@@ -38,7 +38,7 @@ from jaxcode.bench import common
 from jaxcode.errors import ConfigError
 
 NAMES = ("superposition", "estimators", "neuromfa", "sae", "transcoder", "attribution",
-         "extract")
+         "dashboards", "extract")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # benchmark: dotted keys of its headline ratios (absent ones are left out)
@@ -53,6 +53,7 @@ HEADLINES = {
                    "clt.clt_over_sum_of_per_layer", "memory.param_fraction_on_device0",
                    "peers.saelens_topk_over_ours", "peers.sparsify_topk_transcoder_over_ours"),
     "attribution": ("vjp_row_over_forward", "active_features", "seconds_per_graph"),
+    "dashboards": ("scan_over_forward_encode", "per_pass_over_forward_encode"),
     "extract": ("jax_over_torch", "extract_over_jax_forward"),
 }
 # benchmark: (dotted key of a rate, operations per unit of it, what is counted)
@@ -63,6 +64,7 @@ RATES = {
     "sae": ("dense_flops_per_s", 1.0, "dense ReLU SAE training step"),
     "transcoder": ("relu_flops_per_s", 1.0, "dense ReLU transcoder training step"),
     "attribution": ("row_flops_per_s", 1.0, "attribution rows (frozen backward + contraction)"),
+    "dashboards": ("scan_encode_flops_per_s", 1.0, "the scan's SAE encoder matmuls"),
     "extract": ("jax_model_flops_per_s", 1.0, "transformer forward matmuls"),
 }
 
