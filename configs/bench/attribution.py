@@ -14,7 +14,7 @@ products) per second, and the cost of one row in forwards of the same prompt
 from ml_collections import ConfigDict
 
 VARIANTS = {   # name: what it is for
-    "default": "2 CPU cores: Gemma 3 270M, 512 features per layer, k 4 and 16",
+    "default": "2 CPU cores: Gemma 3 270M, 512 features per layer, k 2 and 8",
     "cpu_dry": "a random 4-layer model of width 64: seconds (tests, CI)",
     "gpu": "one accelerator: Gemma 3 270M, 4096 features per layer, k 16, 64, 128",
 }
@@ -32,7 +32,7 @@ def get_config(variant: str = "default") -> ConfigDict:
   c.vocab = 512                # ... and vocabulary
   c.n_tokens = 16              # prompt length (BOS included)
   c.d_sae = 512                # CLT features per layer
-  c.ks = (4, 16)               # TopK per layer and token: active features ~ k L (T - 1)
+  c.ks = (2, 8)                # TopK per layer and token: active features ~ k L (T - 1)
   c.batch_size = 64            # targets per batch of vector-Jacobian products
   c.max_n_logits = 10          # logit nodes
   c.repeats = 1                # timed graphs per k (the fastest is kept), after one compile
