@@ -132,7 +132,7 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.neuromfa.enabled = True      # the weights' multifractal spectrum with its null
   c.dashboards = ConfigDict(dict(
       enabled=True,              # a page for every latent of every layer's SAE
-      max_tokens=128 * 24,       # cached rows scanned (evenly spaced), in tokens
+      max_tokens=128 * 24,       # cached tokens scanned (the first ones; 0: all)
       per_page=128,              # latents per HTML page
       scan=dashboards_configs.scan_block()))   # the scan's fields, as launch.dashboards has them
   if variant in ("gemma3", "smollm2"):   # causal LMs with a real head: CE and KL recovered

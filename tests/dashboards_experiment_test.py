@@ -108,3 +108,32 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, over, match):
   with pytest.raises(ConfigError, match=match):
     experiment.run(tiny(**over), str(wd))
   assert not wd.exists()
+
+
+def test_cache_batches_give_the_cached_tokens_at_their_packed_rows(tmp_path):
+  """The scan's cache stream: every token's (row, pos) points at its own id in the packed rows
+  and its activation is the model's there (float32 cache, so to float tolerance)."""
+  from jaxcode.data import activations
+  from jaxcode.pipeline import cache as cache_lib
+  from jaxcode.pipeline import dashboards as dash
+  from jaxcode.pipeline import model as model_lib
+  c = tiny()
+  lm = model_lib.load(model_lib.resolve(c.model))
+  with c.data.unlocked():
+    c.data.max_tokens = 128 * 3
+  packed = cache_lib.load_packed(c.data, lm.tokenizer)
+  activations.extract(lm, packed, [c.hookpoint], str(tmp_path / "cache"), batch_size=1,
+                      rows_per_chunk=2, dtype="float32", progress=False)
+  cache = activations.ActivationCache.open(str(tmp_path / "cache"))
+  batches = dash.CacheBatches(cache, c.hookpoint, 100)
+  ref = np.asarray(lm.apply(packed.input_ids, packed.attention_mask, [c.hookpoint])[c.hookpoint])
+  seen = 0
+  for i in range(len(batches)):
+    b = batches[i]
+    r, p = b["row"][b["valid"]], b["pos"][b["valid"]]
+    ids = cache.token_info(np.arange(i * 100, i * 100 + len(r)))["token_ids"]
+    np.testing.assert_array_equal(packed.input_ids[r, p], ids)
+    np.testing.assert_allclose(b["x"][b["valid"]], ref[r, p], atol=1e-4, rtol=1e-4)
+    assert not packed.special[r, p].any()
+    seen += len(r)
+  assert seen == cache.n_tokens and len(batches) == -(-cache.n_tokens // 100)

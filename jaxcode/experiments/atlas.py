@@ -18,8 +18,9 @@ needs as it is:
   four_properties/         concept-word table with the SAEs (pipeline.four_properties)
   neuromfa/                the weights' multifractal spectrum with its null (pipeline.neuromfa)
   dashboards/layer_<i>/     a page for every latent of the layer's SAE: index.html, latent
-                           pages (pipeline.dashboards over dashboards.max_tokens of the cached
-                           rows, report.dashboards); the report links each layer to its index
+                           pages (pipeline.dashboards over the first dashboards.max_tokens
+                           tokens of the activation cache, report.dashboards); the report
+                           links each layer to its index
   results.json, report.html, figures/*.png
 
 A stage is complete when its final file (written last by an atomic rename) exists; complete
@@ -81,7 +82,9 @@ def _check_blocks(config) -> None:
   if config.neuromfa.enabled:
     neuromfa_lib.validate(config.neuromfa)
   if config.dashboards.enabled:
-    positive_int("dashboards.max_tokens", config.dashboards.max_tokens)
+    if int(config.dashboards.max_tokens) < 0:
+      raise ConfigError(f"dashboards.max_tokens={config.dashboards.max_tokens}: expected >= 0 "
+                        "(0: every cached token)")
     positive_int("dashboards.per_page", config.dashboards.per_page)
 
 
@@ -241,11 +244,8 @@ def stage_neuromfa(config, workdir: str, plan: dict, done: dict) -> dict | None:
 
 
 def _dashboard_rows(config, lm):
-  """The cached rows the dashboards scan: dashboards.max_tokens worth, evenly spaced."""
-  from jaxcode.data import corpus as corpus_lib
-  packed = cache_lib.load_packed(config.extract, lm.tokenizer)
-  n = max(1, int(config.dashboards.max_tokens) // int(config.extract.seq_len))
-  return packed.take_rows(corpus_lib.evenly_spaced(packed.input_ids.shape[0], n))
+  """The packed rows the activation cache holds, in its row order (the scan's contexts)."""
+  return cache_lib.load_packed(config.extract, lm.tokenizer)
 
 
 def stage_dashboards(config, workdir: str, plan: dict, done: dict) -> dict | None:
@@ -263,8 +263,11 @@ def stage_dashboards(config, workdir: str, plan: dict, done: dict) -> dict | Non
     packed = packed if packed is not None else _dashboard_rows(config, lm)
 
     def compute(l=l, folder=folder):
+      batches = dash.CacheBatches(_cache(workdir, config), hook(l),
+                                  int(d.scan.rows_per_batch) * int(config.extract.seq_len),
+                                  int(d.max_tokens))
       recs, summary = dash.records(d.scan, os.path.join(folder, "scan"), lm, _load_sae(workdir, l),
-                                   hook(l), packed, layer_label=hook(l))
+                                   hook(l), packed, layer_label=hook(l), batches=batches)
       report_dash.write_dashboards(recs, folder, title=f"{plan['name']} {hook(l)}",
                                    layer_label=hook(l), per_page=int(d.per_page))
       return {**summary, "index": f"dashboards/layer_{l}/index.html"}

@@ -5,6 +5,8 @@ per-latent records the dashboard pages and the Neuronpedia export are written fr
   LMBatches(lm, packed, hookpoint, rows)      the scan's batches: the model computes the
                                               hookpoint on `rows` packed rows at a time;
                                               BOS / special / padding tokens are not valid
+  CacheBatches(cache, hookpoint, n)           or an activation cache's stored tokens, n at
+                                              a time (no model runs)
   records(block, folder, lm, sae, hookpoint, packed, mesh, layer_label)
       feature_scan.scan (resumable: folder/scan_state.npz), then the derived panels: logit
       effects (causal LMs, dictionaries writing d_model-wide vectors: W_dec[i] @ W_U with
@@ -83,6 +85,33 @@ class LMBatches:
             "pos": np.tile(np.arange(self.T, dtype=np.int32), self.rows), "valid": valid}
 
 
+class CacheBatches:
+  """batches[i] = tokens i*n .. (i+1)*n - 1 of an activation cache (jaxcode.data.activations;
+  the last batch padded with invalid tokens), `row` / `pos` the cached token's packed row and
+  column (the rows of cache_lib.load_packed of the cache's extract block, in order): the scan
+  reads the stored activations, no model runs. A cache keeps no special tokens by default."""
+
+  def __init__(self, cache, hookpoint: str, tokens_per_batch: int, max_tokens: int = 0):
+    if hookpoint not in cache.hookpoints:
+      raise ConfigError(f"hookpoint {hookpoint!r}: the cache holds {list(cache.hookpoints)}")
+    self.cache, self.hook, self.n = cache, hookpoint, int(tokens_per_batch)
+    self.total = min(cache.n_tokens, int(max_tokens)) if max_tokens else cache.n_tokens
+
+  def __len__(self) -> int:
+    return -(-self.total // self.n)
+
+  def __getitem__(self, i: int) -> dict:
+    idx = np.arange(i * self.n, (i + 1) * self.n)
+    ok = idx < self.total
+    got = idx[ok]
+    x = np.zeros((self.n, self.cache.width(self.hook)), np.float32)
+    x[ok] = np.asarray(self.cache.get(self.hook, got), np.float32)
+    info = self.cache.token_info(got)
+    row, pos = np.full(self.n, -1, np.int32), np.full(self.n, -1, np.int32)
+    row[ok], pos[ok] = info["row"], info["col"]
+    return {"x": x, "row": row, "pos": pos, "valid": ok}
+
+
 def unembedding(lm) -> np.ndarray | None:
   """W_U [D, V] of a causal LM's head (logits = final W_U before any soft-cap), read off the
   head itself: it is linear in `final`, so its derivative along each basis vector e_d is row d
@@ -136,11 +165,13 @@ def _acts_of(lm, sae, hookpoint: str, packed, cap: int = 256):
 
 
 def records(block, folder: str, lm, sae, hookpoint: str, packed, mesh=None, layer_label: str = "",
-            progress=None) -> tuple[list[dict], dict]:
+            progress=None, batches=None) -> tuple[list[dict], dict]:
   """The scan and the per-latent records (module docstring); the summary holds the scan's
-  sizes and density statistics."""
+  sizes and density statistics. batches: the scan's token stream (default: LMBatches of
+  `packed`; a CacheBatches of a cache whose rows are `packed`)."""
   os.makedirs(folder, exist_ok=True)
-  batches = LMBatches(lm, packed, hookpoint, block.rows_per_batch)
+  if batches is None:
+    batches = LMBatches(lm, packed, hookpoint, block.rows_per_batch)
   res = feature_scan.scan(batches, lambda x: sae_io.encode(sae, x), sae.d_sae, settings(block),
                           mesh=mesh, state_path=os.path.join(folder, "scan_state.npz"),
                           progress=progress)
