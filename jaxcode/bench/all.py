@@ -52,7 +52,7 @@ HEADLINES = {
     "transcoder": ("relu_fraction_of_matmul", "topk_sparse_fraction_of_matmul_work_count",
                    "clt.clt_over_sum_of_per_layer", "memory.param_fraction_on_device0",
                    "peers.saelens_topk_over_ours", "peers.sparsify_topk_transcoder_over_ours"),
-    "attribution": ("vjp_row_over_forward", "active_features", "seconds_per_graph"),
+    "attribution": ("vjp_row_over_forward", "graph_over_forward"),
     "dashboards": ("scan_over_forward_encode", "per_pass_over_forward_encode"),
     "extract": ("jax_over_torch", "extract_over_jax_forward"),
 }

@@ -13,7 +13,9 @@ over every layer (`d_sae` features per layer), for each k in `ks`:
 And the jitted clean forward of the same prompt (the model's own forward, every hookpoint the
 graph reads): `vjp_row_over_forward` = seconds per row / seconds per forward, the cost of one
 target's row in forwards (a row is a backward through the frozen attention and norms only:
-no MLP, no QK; batching amortises the frozen forward each batch recomputes).
+no MLP, no QK; batching amortises the frozen forward each batch recomputes), and
+`graph_over_forward` = seconds per graph / seconds per forward (the headline ratios; seconds per
+graph and active features are kept beside them).
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ def run(config) -> dict:
     out["per_k"][str(k)] = best
   last = out["per_k"][str(ks[-1])]
   out["vjp_row_over_forward"] = last["vjp_row_over_forward"]
+  out["graph_over_forward"] = last["seconds_graph"] / fwd
   out["seconds_per_graph"] = last["seconds_graph"]
   out["active_features"] = last["n_active_features"]
   out["row_flops_per_s"] = last["row_flops_per_s"]
