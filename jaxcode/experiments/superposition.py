@@ -229,7 +229,11 @@ def _train_and_analyse(config, workdir: str, mesh) -> dict:
   records = analyse(result.state.params, inst, phase)
   out = {"experiment": "superposition", "variant": config.get("variant", ""),
          "n": int(config.toy.n), "m": int(config.toy.m), "steps": int(config.steps),
-         "final_loss": float(np.sum(np.asarray(result.metrics["instance_loss"])[:inst.n_real])),
+         # float64: a resumed run's last metrics come back from JSON as float64, and a float32
+         # sum's rounding depends on the CPU's SIMD width; the float64 sum of the same values
+         # is the same on both paths
+         "final_loss": float(np.sum(np.asarray(result.metrics["instance_loss"],
+                                               np.float64)[:inst.n_real])),
          "device_count": jax.device_count(), "process_count": jax.process_count(),
          "instances": records, "summary": summary(records)}
   if parallel.is_main_process():
