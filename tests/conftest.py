@@ -14,6 +14,10 @@ if os.environ.get("JAXCODE_TEST_ACCEL") != "1":
   if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
+# One BLAS thread per process (set before numpy loads; launched children inherit it): the
+# suite runs one xdist worker per core, and OpenBLAS's spinning threads on cores already busy
+# made a 384 x 384 eigvalsh take 2 s instead of 6 ms (the four-properties table, PCA, probes).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
