@@ -69,6 +69,17 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       source="resid",            # resid (as released) | sae (the layer's SAE codes)
       pairs_file="",             # '' : the shipped relations; else JSON {relation: [[a, b], ...]}
       dims=()))                  # LDA dimensions (empty: 1 .. relations - 1)
+  c.crystals.unlabeled = ConfigDict(dict(   # crystals found without labels (K-means on the
+                                 # unit differences of all ordered pairs of the pairs' words,
+                                 # jaxcode.analysis.crystal_search)
+      n_clusters=32,             # K-means clusters (a relation and its reverse: two clusters)
+      remove_pcs=0,              # top principal components of the words projected out first
+                                 # (label-free distractor removal; 0: none)
+      n_init=2,                  # K-means restarts (seeded by config.seed)
+      pairs_per_relation=0,      # the first n pairs of each relation give the words (0: all)
+      max_members=3000,          # a larger cluster is scored on a seeded subsample of pairs
+      top=5,                     # best quadruples kept per cluster
+      report_clusters=8))        # clusters listed in results.json and the figure
   c.lobes = ConfigDict(dict(
       layers=(3,),               # blocks whose SAE features are clustered
       block_len=256,             # tokens per co-occurrence block (non-overlapping)
@@ -105,6 +116,9 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     t.eval.batch_size = 256
     t.norm_sample_tokens = 256
     c.crystals.layer = 1
+    c.crystals.unlabeled.n_clusters = 16
+    c.crystals.unlabeled.pairs_per_relation = 6
+    c.crystals.unlabeled.max_members = 800
     c.lobes.layers = (1,)
     c.lobes.block_len = 16
     c.lobes.threshold = 0.1

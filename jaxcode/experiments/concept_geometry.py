@@ -21,6 +21,7 @@ import numpy as np
 from jaxcode import parallel
 from jaxcode import workdir as workdir_lib
 from jaxcode.analysis import concept_geometry as cg
+from jaxcode.analysis import crystal_search
 from jaxcode.data import activations, corpus, sources
 from jaxcode.errors import ConfigError, positive_int
 from jaxcode.models import sae_io
@@ -72,6 +73,7 @@ def validate(config, workdir: str) -> tuple[list[int], list[str]]:
       raise ConfigError(f"lobes.affinities contains {a!r}: expected some of {cg.AFFINITIES}")
   cg.check_clusters(10 ** 9, config.lobes.cluster_counts)
   cg.check_block_len(config.lobes.block_len, int(config.corpus.seq_len), "lobes.block_len")
+  _check_unlabeled_settings(config.crystals.unlabeled)
   if config.crystals.pairs_file and not os.path.exists(config.crystals.pairs_file):
     raise ConfigError(f"crystals.pairs_file={config.crystals.pairs_file!r} does not exist")
   if not all(paths):
@@ -79,6 +81,14 @@ def validate(config, workdir: str) -> tuple[list[int], list[str]]:
   model_lib.resolve(config.model)                   # an unknown model: one line, nothing loaded
   workdir_lib.check_workdir(workdir)
   return layers, paths
+
+
+def _check_unlabeled_settings(u) -> None:
+  """The crystals.unlabeled block's fields (the bound on n_clusters: _unlabeled_words)."""
+  for name, low in (("n_clusters", 2), ("remove_pcs", 0), ("n_init", 1),
+                    ("pairs_per_relation", 0), ("max_members", 2), ("top", 1),
+                    ("report_clusters", 1)):
+    positive_int(f"crystals.unlabeled.{name}", u[name], low=low)
 
 
 # ------------------------------------------------------------------ word pairs
@@ -265,7 +275,63 @@ def _crystals(config, lm, pairs: dict, hook: str, sae) -> tuple[dict, dict]:
   out = cg.crystals(diffs_PD, labels_P, char_len_P, [int(d) for d in config.crystals.dims] or None)
   out["distractor_token_length"] = {
       k: v for k, v in cg.distractor(diffs_PD, tok_len_P).items() if k != "direction"}
+  out["unlabeled"] = _unlabeled(config, emb, pairs)
   return out, dict(diffs=diffs_PD, labels=labels_P, relations=names, best_dim=out["best_dim"])
+
+
+def _unlabeled_words(config, pairs: dict) -> tuple[dict, list[str]]:
+  """The relations' first crystals.unlabeled.pairs_per_relation pairs (0: all) and their
+  sorted words, checked against the search's bounds before any compute."""
+  n = int(config.crystals.unlabeled.pairs_per_relation)
+  sub = {r: list(ps[:n] if n else ps) for r, ps in pairs.items()}
+  words = sorted({w for ps in sub.values() for p in ps for w in p})
+  crystal_search.check_inputs(np.zeros((len(words), 1)), config.crystals.unlabeled.n_clusters)
+  return sub, words
+
+
+def _known_quadruple(quad_pairs, known, names) -> str | None:
+  """The relation of which the quadruple's four words are two known pairs (as the sides
+  found, a-b || c-d with a:c and b:d, or a:b and c:d, in either direction), else None."""
+  (a, b), (c, d) = quad_pairs
+  rel = {frozenset((s, t)): r for s, t, r in known}
+  for x, y in (((a, c), (b, d)), ((a, b), (c, d))):
+    rx, ry = rel.get(frozenset(x)), rel.get(frozenset(y))
+    if rx is not None and rx == ry:
+      return names[rx]
+  return None
+
+
+def _unlabeled(config, emb: dict, pairs: dict) -> dict:
+  """Crystals found without labels among the words of the relation pairs, the clusters
+  written with words, each with the known relations among its pairs (forward 'r', reverse
+  'r~'); the independent checks against the known relations: the adjusted Rand index of
+  the known pairs' clusters with their relations, and the fraction of the reported best
+  quadruples that are parallelograms of two known pairs of one relation."""
+  u = config.crystals.unlabeled
+  sub, words = _unlabeled_words(config, pairs)
+  res = crystal_search.search(np.stack([emb[w] for w in words]), int(u.n_clusters),
+                              remove_pcs=int(u.remove_pcs), seed=int(config.seed),
+                              n_init=int(u.n_init), top=int(u.top),
+                              max_members=int(u.max_members))
+  idx = {w: i for i, w in enumerate(words)}
+  names = sorted(sub)
+  known = [(idx[a], idx[b], r) for r, name in enumerate(names) for a, b in sub[name]]
+  cluster_of = {(int(a), int(b)): int(c) for a, b, c in zip(res["a"], res["b"], res["labels"])}
+  rel_counts: dict[int, dict[str, int]] = {}
+  for a, b, r in known:
+    for key, s, t in ((names[r], a, b), (names[r] + "~", b, a)):
+      counts = rel_counts.setdefault(cluster_of[(s, t)], {})
+      counts[key] = counts.get(key, 0) + 1
+  clusters, hits = [], []
+  for c in res["clusters"][:int(u.report_clusters)]:
+    top = [{**q, "pairs": [[words[i] for i in p] for p in q["pairs"]],
+            "relation": _known_quadruple(q["pairs"], known, names)} for q in c["top"]]
+    hits += [q["relation"] is not None for q in top]
+    clusters.append({**c, "top": top, "known": rel_counts.get(c["cluster"], {})})
+  return {"known_quadruple_fraction": float(np.mean(hits)) if hits else None,
+          "n_words": len(words), "n_pairs": int(len(res["labels"])),
+          "n_clusters": int(u.n_clusters), "remove_pcs": int(u.remove_pcs),
+          **crystal_search.agreement(res, known), "clusters": clusters}
 
 
 # ------------------------------------------------------------------ run
@@ -302,6 +368,7 @@ def _run(config, workdir: str) -> dict:
                         lambda l: f"blocks.{l}.{config.hook}")
   mesh = None if all(paths) else _sae_mesh(config, width)
   pairs, pair_counts = _pairs(config, lm.tokenizer)
+  _unlabeled_words(config, pairs)                                   # bounds, before compute
 
   cache = _cache(config, lm, hooks, workdir)
   sae_idx_N, act_idx_N = _token_samples(config, cache.n_tokens)
@@ -323,6 +390,7 @@ def _run(config, workdir: str) -> dict:
          "seconds": {"sae_and_cache": t_sae - t0}}
   from jaxcode.report import concept_geometry as figs
   out["figures"] = figs.write_all(os.path.join(workdir, "figures"), **crystal_plot,
+                                  unlabeled=crystals["unlabeled"],
                                   lobes=lobes, clusters=clusters,
                                   w_dec={l: saes[l].W_dec for l in clusters},
                                   galaxy=galaxy, spectra=spectra)

@@ -36,6 +36,39 @@ def crystals_figure(diffs, labels, relations, best_dim: int, path: str) -> str:
   return _save(fig, path)
 
 
+def _quad_text(q: dict) -> str:
+  (a, b), (c, d) = q["pairs"]
+  rel = f", {q['relation']}" if q.get("relation") else ""
+  return f"{a}-{b} || {c}-{d} (err {q['error']:.2f}{rel})"
+
+
+def unlabeled_crystals_figure(unlabeled: dict, path: str) -> str:
+  """A table of the top clusters found without labels: size, score (median best-partner
+  parallelogram error), mean cosine, the known relations among its pairs ('~': reversed),
+  and its best two quadruples as word pairs."""
+  rows = []
+  for rank, c in enumerate(unlabeled["clusters"], 1):
+    known = ", ".join(f"{k} {v}" for k, v in sorted(c["known"].items(),
+                                                     key=lambda kv: -kv[1])[:2]) or "-"
+    score = "-" if c["score"] is None else f"{c['score']:.2f}"
+    cos = "-" if c["cos"] is None else f"{c['cos']:.2f}"
+    quads = "; ".join(_quad_text(q) for q in c["top"][:2]) or "-"
+    rows.append([str(rank), str(c["size"]), score, cos, known, quads])
+  fig, ax = plt.subplots(figsize=(16, 0.45 * len(rows) + 1.4))
+  ax.axis("off")
+  table = ax.table(cellText=rows, colLabels=["#", "pairs", "score", "cos", "known relations",
+                                             "best parallelograms"],
+                   colWidths=[0.03, 0.05, 0.05, 0.05, 0.22, 0.6], loc="center",
+                   cellLoc="left")
+  table.auto_set_font_size(False)
+  table.set_fontsize(7)
+  ax.set_title(f"crystals found without labels: {unlabeled['n_words']} words, "
+               f"{unlabeled['n_pairs']} ordered pairs, K = {unlabeled['n_clusters']}; ARI "
+               f"with the known relations {unlabeled['ari']:.3f}; best quadruples that are known "
+               f"parallelograms: {unlabeled['known_quadruple_fraction'] or 0:.2f}", fontsize=9)
+  return _save(fig, path)
+
+
 def lobes_embedding_figure(w_dec_MD, active_A, labels_A, layer: int, path: str) -> str:
   """Active features' decoder directions on a 2-D t-SNE, coloured by phi lobe."""
   from sklearn.manifold import TSNE
@@ -105,11 +138,15 @@ def galaxy_figure(galaxy: dict, spectra: dict, path: str) -> str:
 
 
 def write_all(out_dir: str, *, diffs, labels, relations, best_dim, lobes, clusters, w_dec,
-              galaxy, spectra) -> list[str]:
+              galaxy, spectra, unlabeled=None) -> list[str]:
   """Every figure; clusters[layer] is the lobes stage's 'clusters' (active features and
-  labels by affinity and cluster count), w_dec[layer] that layer's decoder."""
+  labels by affinity and cluster count), w_dec[layer] that layer's decoder; unlabeled:
+  results["crystals"]["unlabeled"] (the table of crystals found without labels)."""
   files = [crystals_figure(diffs, labels, relations, best_dim,
                            os.path.join(out_dir, "crystals.png"))]
+  if unlabeled is not None:
+    files.append(unlabeled_crystals_figure(unlabeled,
+                                           os.path.join(out_dir, "crystals_unlabeled.png")))
   for l, cl in clusters.items():
     name = "phi" if "phi" in cl["labels"] else next(iter(cl["labels"]))
     k = min(cl["labels"][name], key=int)
