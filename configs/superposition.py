@@ -3,6 +3,7 @@
   python -m launch.superposition --config=configs/superposition.py:seed40 --workdir=/tmp/tms40
   python -m launch.superposition --config=configs/superposition.py:feature_geometry --workdir=/tmp/tmsfg
   python -m launch.superposition --config=configs/superposition.py:phase --workdir=/tmp/tmsphase
+  python -m launch.superposition --config=configs/superposition.py:post --workdir=/tmp/tmspost
 
 Override any field on the command line, e.g. --config.steps=2000 --config.toy.seeds=3.
 The optimiser follows the released notebook: AdamW, lr 1e-3 constant, weight decay 0.01
@@ -23,6 +24,8 @@ VARIANTS = {   # name: what it runs
     "feature_geometry": "200 features in 20 dimensions, uniform importance, 20 sparsities, ReLU",
     "phase": "the two-feature phase diagram: 12 x 12 cells x 4 seeds against the theoretical one",
     "tiny": "8 features in 2 dimensions, 200 steps: seconds; what the tests run",
+    "post": "the toy-superposition post: seed40's setting with its hidden-ReLU model "
+            "h = ReLU(W x), x' = ReLU(W^T h + b), W ~ N(0, 1/n), beside linear and ReLU",
 }
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("steps", "optimizer updates"),
@@ -62,10 +65,11 @@ def get_config(variant: str = "seed40") -> ConfigDict:
       importance_min=0.1,      # last feature's importance (linear)
       importance_decay=0.9,    # I_i = decay^i (geometric)
       sparsities=(0.1, 0.5, 0.9),  # S: probability that a feature is zero
-      models=("linear", "relu"),   # output models trained side by side
+      models=("linear", "relu"),   # trained side by side: linear | relu | hidden_relu
       seeds=1,                 # independent instances per (model, sparsity)
       batch=1024,              # samples per instance per step
-      init_std=0.0,            # 0: the notebook's xavier std sqrt(2 / (n m + L m)), L = #sparsities
+      init_std=0.0,            # 0: xavier std sqrt(2 / (n m + L m)) (L = #sparsities) for
+                               # linear/relu, the post's sqrt(1 / n) for hidden_relu
       relative_importance=(),  # phase diagram only: importance of feature 2 (feature 1 has 1)
   ))
   if variant == "feature_geometry":
@@ -82,6 +86,8 @@ def get_config(variant: str = "seed40") -> ConfigDict:
     c.toy.seeds = 4            # per cell the seed with the lowest exact expected loss is kept
     c.steps = 4_000
     c.checkpoint.every = 1_000
+  elif variant == "post":     # AdamW recipe as seed40 (the post's optimiser is not recorded)
+    c.toy.models = ("linear", "relu", "hidden_relu")
   elif variant == "tiny":      # seconds on a laptop; what the tests run
     c.toy.n, c.toy.m = 8, 2
     c.toy.sparsities = (0.0, 0.9)

@@ -5,7 +5,9 @@ W is stored [n, m]: row W_i is feature i's direction in the hidden space.
 - norms ||W_i||;
 - superposition_i = sum_{j != i} (W_i_hat . W_j)^2;
 - feature dimensionality D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2;
-- dimensions per feature D* = m / ||W||_F^2.
+- dimensions per feature D* = m / ||W||_F^2;
+- neuron share_i = max_j W_ij^2 / ||W_i||^2: 1 when feature i lies on one hidden unit
+  (a privileged basis, what a hidden ReLU favours), 1/m when spread evenly over all m.
 All in float64 on the host.
 """
 
@@ -59,6 +61,13 @@ def projection_error(w_NM) -> float:
   return float(np.linalg.norm(g @ g - g))
 
 
+def neuron_share(w_NM) -> np.ndarray:
+  """max_j W_ij^2 / ||W_i||^2 per feature (0 for a zero row)."""
+  w2 = np.asarray(w_NM, np.float64) ** 2
+  total = w2.sum(1)
+  return np.where(total > 0, w2.max(1) / np.where(total > 0, total, 1.0), 0.0)
+
+
 def represented(w_NM, threshold: float = 0.5) -> np.ndarray:
   """Features whose direction has norm above `threshold` (learned features have ~1)."""
   return feature_norms(w_NM) > threshold
@@ -75,6 +84,7 @@ def summarize(w_NM, b_N) -> dict:
       "feature_dimensionality": feature_dimensionality(w_NM).tolist(),
       "feature_norms": norms.tolist(),
       "superposition": superposition(w_NM).tolist(),
+      "neuron_share": neuron_share(w_NM).tolist(),
       "bias": np.asarray(b_N, np.float64).tolist(),
       "n_represented": int(rep.sum()),
       "frobenius_sq": float(np.sum(np.asarray(w_NM, np.float64) ** 2)),

@@ -24,7 +24,7 @@ from jaxcode.errors import ConfigError
 from jaxcode.train import checkpoint as ckpt_lib
 from jaxcode.train import loop
 
-MODELS = ("linear", "relu")
+MODELS = toy.KINDS   # linear, relu (Elhage et al.), hidden_relu (the post's model)
 IMPORTANCE = ("linear", "uniform", "geometric")
 
 
@@ -75,7 +75,7 @@ def validate(config, workdir: str) -> tuple[int, int]:
       raise ConfigError(f"toy.{name}={tc[name]!r}: expected a finite number >= 0")
   for mdl in tc.models:
     if mdl not in MODELS:
-      raise ConfigError(f"toy.models contains {mdl!r}: expected 'linear' or 'relu'")
+      raise ConfigError(f"toy.models contains {mdl!r}: expected one of {MODELS}")
   if tc.relative_importance:
     if int(tc.n) != 2 or int(tc.m) != 1 or tuple(tc.models) != ("relu",):
       raise ConfigError(f"toy.n={tc.n}, toy.m={tc.m}, toy.models={list(tc.models)}: the phase "
@@ -84,7 +84,7 @@ def validate(config, workdir: str) -> tuple[int, int]:
       if not 0.0 < _number(r) < float("inf"):
         raise ConfigError(f"toy.relative_importance contains {r!r}: expected finite numbers > 0")
   if not 0.0 <= _number(tc.init_std) < float("inf"):
-    raise ConfigError(f"toy.init_std={tc.init_std}: expected >= 0 (0 selects the notebook's)")
+    raise ConfigError(f"toy.init_std={tc.init_std}: expected >= 0 (0 selects each model's own)")
   loop.validate_train_config(config)
   data, model = parallel.resolve_axis_sizes(config.mesh.data, config.mesh.model,
                                             jax.device_count())
@@ -117,6 +117,14 @@ def init_std(tc) -> float:
   return float(np.sqrt(2.0 / (n * m + levels * m)))
 
 
+def instance_stds(tc, inst: Instances) -> np.ndarray:
+  """Std of W per instance: toy.init_std when set, else the notebook's xavier std for the
+  Elhage et al. models and the post's sqrt(1/n) for hidden_relu."""
+  elhage = init_std(tc)
+  post = elhage if float(tc.init_std) > 0 else toy.post_init_std(int(tc.n))
+  return np.array([post if k == "hidden_relu" else elhage for k in inst.model])
+
+
 def make_task(config, inst: Instances, mesh) -> loop.Task:
   tc = config.toy
   model = toy.ToyModel(n=int(tc.n), m=int(tc.m), init_std=init_std(tc))
@@ -127,9 +135,10 @@ def make_task(config, inst: Instances, mesh) -> loop.Task:
   def init(key):
     aux = {"importance": jnp.asarray(inst.importance, jnp.float32),
            "sparsity": jnp.asarray(inst.sparsity, jnp.float32),
-           "relu": jnp.asarray([m == "relu" for m in inst.model]),
+           "relu": jnp.asarray([m != "linear" for m in inst.model]),       # output ReLU
+           "hidden": jnp.asarray([m == "hidden_relu" for m in inst.model]),  # hidden ReLU
            "ids": ids}
-    return toy.init_instances(model, key, ids), aux
+    return toy.init_instances(model, key, ids, instance_stds(tc, inst)), aux
 
   def device_batch(key, step):
     sparsity = jnp.asarray(inst.sparsity, jnp.float32)
@@ -137,7 +146,7 @@ def make_task(config, inst: Instances, mesh) -> loop.Task:
     return jax.lax.with_sharding_constraint(x, x_sharding)
 
   def loss(params, aux, x, key, step):
-    per = toy.weighted_mse(model, params, x, aux["importance"], aux["relu"])
+    per = toy.weighted_mse(model, params, x, aux["importance"], aux["relu"], aux["hidden"])
     return per.sum(), ({"instance_loss": per}, aux)
 
   rules = [(r".*", P(parallel.MODEL))]   # every leaf's leading axis is the instance axis
@@ -207,6 +216,59 @@ def summary(instances: list[dict]) -> dict:
   return out
 
 
+POST_METRICS = {   # name: what it measures, per (model, sparsity), mean over seeds
+    "loss": "final training loss of the instance (importance-weighted MSE, last step)",
+    "n_represented": "features with ||W_i|| > 0.5",
+    "frobenius_sq": "||W||_F^2 (about the number of features learned)",
+    "dims_per_feature": "D* = m / ||W||_F^2",
+    "superposition_represented": "mean over represented features of sum_{j!=i} (W_i_hat . W_j)^2",
+    "max_offdiag_represented": "largest |W_i . W_j| between represented features",
+    "neuron_share_represented": "mean over represented features of max_j W_ij^2 / ||W_i||^2",
+    "bias_represented": "mean b_i over represented features",
+    "bias_unrepresented": "mean b_i over the other features",
+}
+
+
+def _post_row(rec: dict, loss: float) -> dict:
+  rep = np.asarray(rec["feature_norms"]) > 0.5
+  mean = lambda key, mask: (float(np.mean(np.asarray(rec[key])[mask])) if mask.any()
+                            else None)
+  return {"loss": loss, "n_represented": rec["n_represented"],
+          "frobenius_sq": rec["frobenius_sq"], "dims_per_feature": rec["dims_per_feature"],
+          "superposition_represented": mean("superposition", rep),
+          "max_offdiag_represented": rec["max_offdiag_represented"],
+          "neuron_share_represented": mean("neuron_share", rep),
+          "bias_represented": mean("bias", rep), "bias_unrepresented": mean("bias", ~rep)}
+
+
+def post_summary(records: list[dict], losses) -> dict:
+  """The post's comparison: POST_METRICS per model kind and sparsity (means over seeds,
+  None where no seed had a represented feature), and hidden_relu minus relu per metric."""
+  sparsities = sorted({r["sparsity"] for r in records})
+  models = {}
+  for kind in MODELS:
+    per_s = []
+    for s in sparsities:
+      rows = [_post_row(r, float(l)) for r, l in zip(records, losses)
+              if r["model"] == kind and r["sparsity"] == s]
+      per_s.append({k: _mean_or_none([row[k] for row in rows]) for k in POST_METRICS}
+                   if rows else None)
+    if any(per_s):
+      models[kind] = {k: [row[k] if row else None for row in per_s] for k in POST_METRICS}
+  out = {"sparsities": sparsities, "models": models, "metrics": POST_METRICS}
+  if "hidden_relu" in models and "relu" in models:
+    hid, rel = models["hidden_relu"], models["relu"]
+    out["hidden_relu_minus_relu"] = {
+        k: [None if a is None or b is None else a - b for a, b in zip(hid[k], rel[k])]
+        for k in POST_METRICS}
+  return out
+
+
+def _mean_or_none(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
 def run(config, workdir: str, mesh=None) -> dict:
   """Trains the configured sweep in `workdir` (resuming) and writes results and figures.
 
@@ -236,11 +298,14 @@ def _train_and_analyse(config, workdir: str, mesh) -> dict:
                                                np.float64)[:inst.n_real])),
          "device_count": jax.device_count(), "process_count": jax.process_count(),
          "instances": records, "summary": summary(records)}
+  if "hidden_relu" in config.toy.models:
+    out["post"] = post_summary(records, np.asarray(result.metrics["instance_loss"],
+                                                   np.float64)[:inst.n_real])
   if parallel.is_main_process():
     if phase:   # the theory solves every cell once, on the process that writes the results
       out["phase"] = phase_summary(records, int(config.seed))
     from jaxcode.report import superposition as figs
     out["figures"] = figs.write_all(records, os.path.join(workdir, "figures"),
-                                    phase=out.get("phase"))
+                                    phase=out.get("phase"), post=out.get("post"))
     workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out

@@ -12,11 +12,13 @@ import numpy as np  # noqa: E402
 from jaxcode.report.common import save_figure as _save  # noqa: E402
 
 REFERENCE_DIMS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3)
+KINDS = ("linear", "relu", "hidden_relu")   # the toy model kinds, in plotting order
+LABELS = {"linear": "linear", "relu": "ReLU output", "hidden_relu": "hidden ReLU (post)"}
 
 
 def wtw_grid(records: list[dict], path: str) -> str:
   """Per sparsity (rows): W W^T heat map and norm bars, linear beside ReLU."""
-  kinds = [k for k in ("linear", "relu") if any(r["model"] == k for r in records)]
+  kinds = [k for k in KINDS if any(r["model"] == k for r in records)]
   sparsities = sorted({r["sparsity"] for r in records})
   fig, axes = plt.subplots(len(sparsities), 2 * len(kinds),
                            figsize=(4.2 * len(kinds) * 2, 2.8 * len(sparsities)), squeeze=False)
@@ -37,7 +39,7 @@ def wtw_grid(records: list[dict], path: str) -> str:
       ax_b.barh(np.arange(len(norms)), norms, color=colours)
       ax_b.invert_yaxis()
       ax_b.set_xlim(0, max(1.2, norms.max() * 1.05))
-      ax_b.set_title(f"$\\|W_i\\|$ (colour: superposition)", fontsize=9)
+      ax_b.set_title("$\\|W_i\\|$ (colour: superposition)", fontsize=9)
       ax_b.set_yticks([])
   fig.suptitle("Toy models of superposition: features stored per sparsity", fontsize=11)
   return _save(fig, path)
@@ -45,7 +47,7 @@ def wtw_grid(records: list[dict], path: str) -> str:
 
 def dims_per_feature(records: list[dict], path: str) -> str:
   fig, ax = plt.subplots(figsize=(6, 4))
-  for kind, marker in (("relu", "o"), ("linear", "s")):
+  for kind, marker in (("relu", "o"), ("linear", "s"), ("hidden_relu", "^")):
     rows = sorted((r for r in records if r["model"] == kind), key=lambda r: r["sparsity"])
     if rows:
       ax.plot([1 / r["density"] for r in rows], [r["dims_per_feature"] for r in rows],
@@ -110,9 +112,38 @@ def phase_diagram(phase: dict, path: str) -> str:
   return _save(fig, path)
 
 
-def write_all(records: list[dict], figdir: str, phase: dict | None = None) -> list[str]:
+def per_feature(records: list[dict], key: str, ylabel: str, path: str) -> str:
+  """One panel per model kind: `key` (a per-feature list) against feature index, one line
+  per sparsity (the post's bias and norm plots)."""
+  kinds = [k for k in KINDS if any(r["model"] == k for r in records)]
+  sparsities = sorted({r["sparsity"] for r in records})
+  fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.4), sharey=True,
+                           squeeze=False)
+  for ax, kind in zip(axes[0], kinds):
+    for i, s in enumerate(sparsities):
+      rec = next((r for r in records if r["model"] == kind and r["sparsity"] == s), None)
+      if rec is not None:
+        v = np.asarray(rec[key])
+        ax.plot(np.arange(len(v)), v, marker=".", ms=4, color=plt.cm.plasma(i / max(
+            1, len(sparsities))), label=f"S={s:.2f}")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_title(LABELS[kind], fontsize=9)
+    ax.set_xlabel("feature i (importance decreasing)")
+  axes[0, 0].set_ylabel(ylabel)
+  axes[0, -1].legend(fontsize=7)
+  return _save(fig, path)
+
+
+def write_all(records: list[dict], figdir: str, phase: dict | None = None,
+              post: dict | None = None) -> list[str]:
+  """The figures of a run; `post` (the post summary) adds the post's per-feature plots."""
   if phase:
     return [phase_diagram(phase, os.path.join(figdir, "phase_diagram.png"))]
-  return [wtw_grid(records, os.path.join(figdir, "wtw_and_norms.png")),
-          dims_per_feature(records, os.path.join(figdir, "dims_per_feature.png")),
-          feature_dimensionality(records, os.path.join(figdir, "feature_dimensionality.png"))]
+  out = [wtw_grid(records, os.path.join(figdir, "wtw_and_norms.png")),
+         dims_per_feature(records, os.path.join(figdir, "dims_per_feature.png")),
+         feature_dimensionality(records, os.path.join(figdir, "feature_dimensionality.png"))]
+  if post:
+    out += [per_feature(records, "bias", "bias $b_i$", os.path.join(figdir, "bias.png")),
+            per_feature(records, "feature_norms", "$\\|W_i\\|$",
+                        os.path.join(figdir, "feature_norms.png"))]
+  return out
