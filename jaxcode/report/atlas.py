@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxcode.report import lobes_page  # noqa: E402
 from jaxcode.report.common import save_figure  # noqa: E402
 
 PROPERTIES = ("abstraction", "precision", "specificity", "systematicity")
@@ -378,10 +379,21 @@ def support_text(results: dict) -> list[str]:
   return out
 
 
+def _table(rows: list[dict], pages: dict[int, str]) -> str:
+  """The per-block table: the TABLE columns and a link to each layer's lobes page."""
+  head = "".join(f"<th>{html.escape(t)}</th>" for _, t in TABLE) + "<th>lobes</th>"
+  body = ""
+  for r in rows:
+    page = pages.get(int(r["layer"]))
+    link = (f'<td><a class="lobes-page" href="{html.escape(page)}">lobe members</a></td>'
+            if page else "<td>–</td>")
+    body += "<tr>" + "".join(_cell(r, k) for k, _ in TABLE) + link + "</tr>"
+  return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def write_html(results: dict, workdir: str) -> str:
-  rows = results["layers"]
-  head = "".join(f"<th>{html.escape(t)}</th>" for _, t in TABLE)
-  body = "".join("<tr>" + "".join(_cell(r, k) for k, _ in TABLE) + "</tr>" for r in rows)
+  """workdir/report.html, and each layer's lobes page (report.lobes_page) it links to."""
+  table = _table(results["layers"], lobes_page.write_pages(results, workdir))
   defs = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(d['definition'])}</td>"
                  f"<td>{html.escape(d['unit'])}</td></tr>"
                  for k, d in results["definitions"].items())
@@ -419,10 +431,11 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
 {results['layers_analysed']}; corpus <code>{html.escape(str(c['spec']))}</code> with
 {c['tokens_cached']} tokens cached ({html.escape(str(c.get('tokens_by_source')))});
 one TopK SAE per block with {results['d_sae']} latents. The four properties use the concept
-words in a template sentence (✓ pass, ✗ fail). Definitions and units are below and in
-results.json.</p>
+words in a template sentence (✓ pass, ✗ fail). The lobes column opens each block's lobes
+page: every lobe of its co-occurrence and geometry clusterings with its member latents, linked
+to their dashboards. Definitions and units are below and in results.json.</p>
 <h2>Per-block table</h2>
-<table><tr>{head}</tr>{body}</table>
+{table}
 {nm_html}
 <h2>What the numbers do and do not support</h2><ul>{support}</ul>
 <h2>Figures</h2>{figs}
