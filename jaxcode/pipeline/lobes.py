@@ -4,7 +4,9 @@
 (each row's special prefix removed), co-occurrence of the SAE's features over blocks of
 `block.block_len` tokens, spectral lobes per affinity and cluster count, AMI with the
 decoder-geometry clustering and the lobe probe against their nulls, per-source shares of the
-lobes and the code/prose separation. A row's source is that of the last document it holds
+lobes and the code/prose separation. Any number of sources (code, prose, and literature when
+the corpus has it): the separation of every pair, their mean (`source_separation`), and the
+AMI of block source with winning lobe against a permutation null. A row's source is that of the last document it holds
 (the cache's token -> document -> source), the rule of `corpus.Packed.source_of_rows`.
 `run` is the same as a stage: it writes `folder/results.json` and reuses it when complete.
 
@@ -58,15 +60,41 @@ def code_prose_separation(sources: dict) -> float | None:
   return float(0.5 * np.abs(a - b).sum())
 
 
+def pair_separations(sources: dict) -> dict:
+  """{'a|b': total-variation distance between the lobe shares of sources a and b} for every
+  pair a < b of the sources (with code and prose only: one pair, code_prose_separation)."""
+  names = sorted(sources)
+  share = {n: np.asarray(sources[n]["share"]) for n in names}
+  return {f"{a}|{b}": float(0.5 * np.abs(share[a] - share[b]).sum())
+          for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def source_separation(sources: dict) -> float | None:
+  """The sources' separation, any number of them: the mean over all pairs of sources of the
+  total-variation distance between their lobe shares (0: every source spreads its blocks over
+  the lobes alike; 1: no two sources share a winning lobe). With two sources it is their TV
+  distance, for code and prose code_prose_separation; None with fewer than two sources."""
+  pairs = pair_separations(sources)
+  return float(np.mean(list(pairs.values()))) if pairs else None
+
+
 def _record(r: dict) -> dict:
-  """One affinity and cluster count: AMI and probe with their nulls, the sources' shares."""
+  """One affinity and cluster count: AMI and probe with their nulls, the sources' shares,
+  their separations and the AMI of block source with winning lobe against its null."""
   srcs = r.get("sources", {})
-  return {"ami": r["ami"]["ami"], "ami_null_mean": r["ami"]["null_mean"],
-          "ami_null_sd": r["ami"]["null_sd"], "ami_sigma": r["ami"]["sigma"],
-          "balanced_accuracy": r["probe"]["balanced_accuracy"],
-          "probe_null_mean": r["probe"]["null_mean"], "probe_null_sd": r["probe"]["null_sd"],
-          "probe_sigma": r["probe"]["sigma"], "sources": srcs,
-          "code_prose_separation": code_prose_separation(srcs)}
+  out = {"ami": r["ami"]["ami"], "ami_null_mean": r["ami"]["null_mean"],
+         "ami_null_sd": r["ami"]["null_sd"], "ami_sigma": r["ami"]["sigma"],
+         "balanced_accuracy": r["probe"]["balanced_accuracy"],
+         "probe_null_mean": r["probe"]["null_mean"], "probe_null_sd": r["probe"]["null_sd"],
+         "probe_sigma": r["probe"]["sigma"], "sources": srcs,
+         "code_prose_separation": code_prose_separation(srcs)}
+  if srcs:
+    out.update(pair_separations=pair_separations(srcs), source_separation=source_separation(srcs))
+  if "source_ami" in r:
+    sa = r["source_ami"]
+    out.update(source_ami=sa["ami"], source_ami_null_mean=sa["null_mean"],
+               source_ami_null_sd=sa["null_sd"], source_ami_sigma=sa["sigma"])
+  return out
 
 
 def summarise(res: dict, fired_BM) -> dict:
@@ -93,7 +121,9 @@ def lobe_statistics(cache, hookpoint: str, sae, prefix_len: int, body_len: int, 
   n_null_ami, n_null_probe); seed: the experiment seed (clustering uses SEED_OFFSET + seed).
   Returns n_features, n_active, blocks, cluster_counts, fired_fraction, affinities
   {name: {k: {ami, ami_null_mean, ami_null_sd, ami_sigma, balanced_accuracy,
-  probe_null_mean, probe_null_sd, probe_sigma, sources, code_prose_separation}}} and
+  probe_null_mean, probe_null_sd, probe_sigma, sources, code_prose_separation,
+  pair_separations, source_separation, source_ami, source_ami_null_mean, source_ami_null_sd,
+  source_ami_sigma}}} and
   clusters {active, labels {name | 'geometry': {k: labels}}}.
   """
   block_len = cg.check_block_len(block.block_len, body_len, "lobes.block_len")

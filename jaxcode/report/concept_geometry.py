@@ -1,6 +1,7 @@
 """Figures of the concept-geometry experiment (matplotlib, Agg): crystals before and after
 LDA, lobes on a 2-D embedding of the decoder directions, AMI and balanced accuracy against
-the number of clusters with the nulls, and slope / clustering entropy against layer."""
+the number of clusters with the nulls, each source's blocks won per lobe, and slope /
+clustering entropy against layer."""
 
 from __future__ import annotations
 
@@ -106,6 +107,35 @@ def lobes_curves_figure(lobes_layer: dict, layer: int, path: str) -> str:
   return _save(fig, path)
 
 
+def lobes_sources_figure(lobes_layer: dict, layer: int, path: str) -> str | None:
+  """Each source's share of blocks won by each lobe (stacked bars), for the phi lobes (else
+  the first affinity) at the fewest clusters no fewer than the sources; None without sources."""
+  per_k = lobes_layer["affinities"].get("phi") or next(iter(lobes_layer["affinities"].values()))
+  ks = sorted(int(k) for k in per_k)
+  srcs = per_k[str(ks[0])].get("sources") or {}
+  if not srcs:
+    return None
+  k = next((k for k in ks if k >= len(srcs)), ks[-1])
+  rec = per_k[str(k)]
+  names = sorted(rec["sources"])
+  share = np.array([rec["sources"][n]["share"] for n in names], float)
+  fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(names) + 1.8))
+  left = np.zeros(len(names))
+  for j in range(share.shape[1]):
+    ax.barh(names, share[:, j], left=left, label=f"lobe {j}")
+    left += share[:, j]
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("share of the source's blocks won")
+  sep, sa = rec.get("source_separation"), rec.get("source_ami")
+  stats = "" if sep is None else f"\nmean pairwise TV {sep:.2f}"
+  if sa is not None:
+    stats += (f"; AMI(source, lobe) {sa:.2f} (null {rec['source_ami_null_mean']:.3f} "
+              f"+- {rec['source_ami_null_sd'] or 0:.3f})")
+  ax.set_title(f"layer {layer}: blocks won per lobe ({k} lobes){stats}", fontsize=9)
+  ax.legend(fontsize=7, ncol=min(k, 4), loc="upper center", bbox_to_anchor=(0.5, -0.3))
+  return _save(fig, path)
+
+
 def galaxy_figure(galaxy: dict, spectra: dict, path: str) -> str:
   """Eigenvalue spectra, power-law slope and clustering entropies against layer."""
   layers = sorted(int(l) for l in galaxy)
@@ -155,5 +185,8 @@ def write_all(out_dir: str, *, diffs, labels, relations, best_dim, lobes, cluste
                                         os.path.join(out_dir, f"lobes_tsne_layer{l}.png")))
     files.append(lobes_curves_figure(lobes[str(l)], l,
                                      os.path.join(out_dir, f"lobes_vs_clusters_layer{l}.png")))
+    shares = lobes_sources_figure(lobes[str(l)], l,
+                                  os.path.join(out_dir, f"lobes_sources_layer{l}.png"))
+    files += [shares] if shares else []
   files.append(galaxy_figure(galaxy, spectra, os.path.join(out_dir, "galaxy.png")))
   return files
