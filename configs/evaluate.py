@@ -34,21 +34,11 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
 )
 
 
-def get_config(variant: str = "default") -> ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+def eval_block() -> ConfigDict:
+  """The evals' fields (jaxcode.pipeline.evals: check / run_evals take this block as it is),
+  shared with the atlas."""
   c = ConfigDict()
-  c.variant = variant            # written into results.json
-  c.model = "minilm"             # model alias, checkpoint dir, .gguf file or Hub id
-  c.revision = ""                # Hub revision ('' = default branch)
-  c.sae = ""                     # dictionary path(s), comma-separated ('' = train one, tiny)
-  c.hookpoint = ""               # where it reads ('' = the dictionary's own hook name)
-  c.evals = "all"                # 'all' (every offered eval the model supports) or a list
   c.release = "jaxcode"          # sae_lens_release_id in the files and their names
-  c.data = ConfigDict(dict(
-      corpus="default:40",       # core's tokens: offline default corpus (prose and code)
-      seq_len=128,               # tokens per packed row (SAEBench's context 128)
-      max_tokens=128 * 64))      # packed positions evaluated (rows evenly spaced)
   c.core = ConfigDict(dict(
       rows_per_batch=8))         # packed rows per forward (also SAEBench's mse batch)
   c.absorption = ConfigDict(dict(
@@ -71,6 +61,24 @@ def get_config(variant: str = "default") -> ConfigDict:
       test_fraction=0.2,         # groups (documents, words) held out
       batch_size=16,             # texts per forward
       seed=42))                  # split and negative sampling
+  return c
+
+
+def get_config(variant: str = "default") -> ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+  c = ConfigDict()
+  c.variant = variant            # written into results.json
+  c.model = "minilm"             # model alias, checkpoint dir, .gguf file or Hub id
+  c.revision = ""                # Hub revision ('' = default branch)
+  c.sae = ""                     # dictionary path(s), comma-separated ('' = train one, tiny)
+  c.hookpoint = ""               # where it reads ('' = the dictionary's own hook name)
+  c.evals = "all"                # 'all' (every offered eval the model supports) or a list
+  c.data = ConfigDict(dict(
+      corpus="default:40",       # core's tokens: offline default corpus (prose and code)
+      seq_len=128,               # tokens per packed row (SAEBench's context 128)
+      max_tokens=128 * 64))      # packed positions evaluated (rows evenly spaced)
+  c.update(eval_block())         # core, absorption, absorption_batch_size, probing
   c.progress = True              # progress lines on stderr
   c.mesh = ConfigDict(dict(data=-1, model=1))   # training mesh (tiny's SAE)
   c.distributed = ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0,

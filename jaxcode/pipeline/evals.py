@@ -4,10 +4,13 @@
       -> {eval name: path of its SAEBench-schema JSON}
 
 writes outdir/<eval_type_id>/<release>_<sae_id>_eval_results.json (jaxcode.analysis.saebench);
-an eval whose file exists is skipped (resumable per eval). `block` is configs/evaluate.py's
-top-level config (fields core, absorption, probing, release; the experiment and the atlas pass
-theirs as it is). `check(block, lm, evals, model_name)` does every check before compute and
-returns the probing tasks.
+an eval whose file exists is skipped (resumable per eval). `block` holds the fields of
+configs/evaluate.py's eval_block() (release, core, absorption, absorption_batch_size, probing):
+the evaluate experiment passes its top-level config, the atlas can embed eval_block() and pass
+it as it is. `check(block, lm, evals, model_name)` does every check before compute (eval names,
+an LM head where an eval needs one, settings, the probing tasks' labels) and returns the
+probing tasks for run_evals(tasks=...). The comparison page of a folder of results is
+jaxcode.report.evaluate.write_page(outdir).
 
   core            the packed rows (`packed`, e.g. cache_lib.load_packed of the data block):
                   reconstruction and sparsity metrics on their valid tokens, and the three
