@@ -193,3 +193,5 @@ def test_eval_names_are_checked():
     saebench.check_eval_names("core,bogus")
   with pytest.raises(ConfigError, match="not offered offline"):
     saebench.check_eval_names("ravel")
+  with pytest.raises(ConfigError, match="not implemented"):
+    saebench.check_eval_names("mdl")

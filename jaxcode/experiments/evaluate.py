@@ -124,7 +124,8 @@ def _run(config, workdir: str, plan: dict, mesh) -> dict:
     files[sid] = {k: os.path.relpath(v, workdir) for k, v in got.items()}
   results = {"experiment": "evaluate", "variant": config.variant, "model": plan["spec"].name,
              "hookpoint": plan["hookpoint"], "evals": list(plan["evals"]), "files": files,
-             "not_offered": saebench.NOT_OFFERED}
+             "not_offered": saebench.NOT_OFFERED,
+             "not_implemented": saebench.NOT_IMPLEMENTED}
   if parallel.is_main_process():
     results["page"] = os.path.relpath(report.write_page(workdir), workdir)
     results["summary"] = report.summary_rows(workdir)

@@ -97,7 +97,7 @@ def write_page(workdir: str) -> str:
     body.append(f"<tr class=ref><th>{html.escape(name)}</th>"
                 + "".join(_cell(ref.get(c[2])) for c in COLUMNS) + "</tr>")
   missing = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
-                    for k, v in saebench.NOT_OFFERED.items())
+                    for k, v in (saebench.NOT_OFFERED | saebench.NOT_IMPLEMENTED).items())
   page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SAEBench evals</title>
 <style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}th{{text-align:left}}
@@ -112,7 +112,7 @@ categories, first letters), not SAEBench's HF datasets.</p>
 <table id=evals><tr><th>dictionary</th>{head}</tr>
 {chr(10).join(body)}
 </table>
-<h2>Not offered offline</h2><ul>{missing}</ul>
+<h2>Not offered offline, or not implemented yet</h2><ul>{missing}</ul>
 </body></html>
 """
   path = os.path.join(workdir, "evals.html")
