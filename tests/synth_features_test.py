@@ -129,12 +129,14 @@ def test_orthogonalisation_pushes_rows_apart():
   assert frame_potential(300) < 1.001 * bound
 
 
-def test_normals_finite_and_standard():
-  """The hash normals over 2^24 draws: all finite (no uniform rounds to 0 or 1), mean 0 and
-  variance 1 within sampling error."""
-  z = np.asarray(jax.jit(lambda k: sf._normal(k, (4096, 4096)))(jax.random.key(0)))
-  assert np.isfinite(z).all()
-  assert abs(z.mean()) < 5 / 4096 and abs(z.var() - 1) < 5 * np.sqrt(2) / 4096
+def test_uniforms_inside_unit_interval():
+  """The hash uniforms over 2^22 draws: strictly inside (0, 1), so Phi^-1 is finite (the
+  largest float32 below 1 is 1 - 2^-24), mean 1/2 and variance 1/12 within sampling error."""
+  u = np.asarray(jax.jit(lambda k: sf._uniform(k, (2048, 2048)))(jax.random.key(0)))
+  assert u.min() > 0 and u.max() < 1 and u.max() <= 1 - 2.0 ** -24
+  assert np.isfinite(np.asarray(sf._normal(jax.random.key(0), (2048, 2048)))).all()
+  assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12) / 2048
+  assert abs(u.var() - 1 / 12) < 5 * np.sqrt(1 / 180) / 2048
 
 
 @pytest.mark.parametrize("kw, msg", [

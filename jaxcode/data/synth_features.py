@@ -25,8 +25,8 @@ min(1, q_i / q_parent * (1 + sum_{siblings j != i} q_j / q_parent)): divided by 
 probability (it only counts while the parent fires) and raised by the expected number of
 other active siblings it competes with (the newer of SAELens' two compensations).
 
-Normal draws come from the counter-based hash of jaxcode.data.sparse_features (uniforms mapped
-through Phi^-1), cheap enough for [B, N] per step.
+Uniforms come from the counter-based hash of jaxcode.data.sparse_features, cheap enough for
+[B, N] per step.
 """
 
 from __future__ import annotations
@@ -188,11 +188,11 @@ def make_params(spec: SynthSpec) -> dict:
           "bias": spec.bias_norm * b / jnp.linalg.norm(b)}
 
 
-def _normal(key, shape):
-  """N(0, 1) from the hash uniforms: Phi^-1 of the midpoints of a 2^-23 grid, exact in
-  float32 and inside (0, 1), so every draw is finite (|z| <= 5.4)."""
+def _uniform(key, shape):
+  """Uniforms on the midpoints of a 2^-23 grid: exact in float32 and strictly inside (0, 1),
+  so Phi^-1 of them is finite (|z| <= 5.3)."""
   u = jnp.floor(hash_uniform(key, shape) * jnp.float32(2.0 ** 23))
-  return ndtri((u + jnp.float32(0.5)) * jnp.float32(2.0 ** -23))
+  return (u + jnp.float32(0.5)) * jnp.float32(2.0 ** -23)
 
 
 def _hierarchy(spec: SynthSpec, params, key, a_BN):
@@ -211,8 +211,17 @@ def _hierarchy(spec: SynthSpec, params, key, a_BN):
   return a_BN
 
 
+def _normal(key, shape):
+  """N(0, 1) draws: Phi^-1 of `_uniform`."""
+  return ndtri(_uniform(key, shape))
+
+
 def sample(spec: SynthSpec, params, key, batch: int):
-  """(h [B, D] hidden activations, a [B, N] ground-truth feature magnitudes)."""
+  """(h [B, D] hidden activations, a [B, N] ground-truth feature magnitudes).
+
+  Two hashes and two Phi^-1 per (sample, feature): the copula's e and the magnitude's noise.
+  (Drawing the firing given g as u < Phi((F g - t) / s) and the noise as Phi^-1(u / pi) from
+  the same u needs one hash less but an erfc more, measured 1.6x slower on CPU.)"""
   k_g, k_e, k_m, k_h = jax.random.split(key, 4)
   N = spec.n_features
   f = params["F"]
