@@ -19,7 +19,9 @@ section 2), built from the model's own vocabulary and prompts:
    the split set is the top k at the largest k reached while every step raised test F1 by
    more than f1_jump (k = 1 always taken).
 5. Per test token that the probe gets right (true letter, decision > 0), with u the probe's
-   unit direction, a = x.u, c_i = cos(u, W_dec[i]), p_i = f_i c_i, M the split set,
+   unit direction, a = x.u, c_i = cos(u, W_dec[i]), p_i = f_i c_i (f_i in the units of x:
+   SAEBench assumes unit-norm decoder rows; pipeline.evals passes f_i ||W_dec[i]||, the
+   decoder's raw-unit row norm folded into the code), M the split set,
    P_M = sum_{i in M} p_i (`token_scores`):
      absorption fraction: absorbers = latents outside M with c_i >= 0.1 and p_i > 0, the top
        3 by p_i, S their sum; 0 if P_M >= a or S / a < 0.4; else 1 if P_M <= 0; else

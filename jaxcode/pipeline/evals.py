@@ -189,7 +189,10 @@ def absorption_eval(lm, sae, hookpoint: str, block) -> dict:
   order = np.asarray(order)
   letters = np.array([absorb.LETTERS.index(words[i][1][0].lower()) for i in order])
   w_dec = np.asarray(sae_io.external_raw_arrays(sae)["W_dec"])
-  res = absorb.absorption(x, _encode_fn(sae)(x), w_dec, letters, test[order], s)
+  # codes times the raw-unit decoder row norms: p_i = f_i c_i is then in the units of
+  # a = x.u, as SAEBench's formulas assume with unit-norm decoders
+  codes = _encode_fn(sae)(x) * sae_io.decoder_row_norms(w_dec)[None].astype(np.float32)
+  res = absorb.absorption(x, codes, w_dec, letters, test[order], s)
   res["n_words"] = len(words)
   return res
 

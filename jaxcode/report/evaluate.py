@@ -76,9 +76,9 @@ def summary_rows(workdir: str) -> dict:
   return rows
 
 
-def _cell(v) -> str:
+def _cell(v, missing: str = "n/a") -> str:
   if v is None:
-    return "<td class=na>n/a</td>"
+    return f"<td class=na>{missing}</td>"
   if isinstance(v, float):
     return f"<td>{v:.4g}</td>"
   return f"<td>{html.escape(str(v))}</td>"
@@ -95,7 +95,7 @@ def write_page(workdir: str) -> str:
                 + "".join(_cell(row.get(c[2])) for c in COLUMNS) + "</tr>")
   for name, ref in REFERENCES:
     body.append(f"<tr class=ref><th>{html.escape(name)}</th>"
-                + "".join(_cell(ref.get(c[2])) for c in COLUMNS) + "</tr>")
+                + "".join(_cell(ref.get(c[2]), "") for c in COLUMNS) + "</tr>")
   missing = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
                     for k, v in (saebench.NOT_OFFERED | saebench.NOT_IMPLEMENTED).items())
   page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SAEBench evals</title>
