@@ -68,6 +68,8 @@ def evals_for(config, lm) -> tuple[str, ...]:
 
 def validate(config, workdir: str | None) -> dict:
   """Every check before compute; returns the plan."""
+  if str(config.evals).strip() != "all":
+    saebench.check_eval_names(config.evals)      # before the model loads
   spec = model_lib.resolve(config.model, config.revision)
   lm = model_lib.load(spec)
   evals = evals_for(config, lm)
