@@ -89,6 +89,15 @@ def test_parameter_counts_match_hand_formula():
   shapes = jax.eval_shape(lambda k: m.init(k, jnp.zeros((1, 9)), jnp.ones((1,), jnp.int32), 10),
                           jax.random.PRNGKey(0))
   assert sum(x.size for x in jax.tree.leaves(shapes)) == 282 == denoiser.n_params(7, 3, 3, 4)
+  # conv denoiser width 3, 1 block, 2 time channels: stem 3*3*(1+2)*3 + 3 = 84; block
+  # 2 * (9*9 + 3) = 168; head 3*3*3*1 + 1 = 28  -> 280
+  m = denoiser.make(3, 1, 5, 2, arch="conv")
+  shapes = jax.eval_shape(lambda k: m.init(k, jnp.zeros((1, 25)), jnp.ones((1,), jnp.int32), 10),
+                          jax.random.PRNGKey(0))
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == 280 == denoiser.n_params(
+      3, 1, 5, 2, arch="conv")
+  raw = nv.resnet_raw(jax.tree.map(lambda s: np.ones(s.shape), shapes["params"]))
+  assert raw.widths == [3, 3, 3, 3, 1]           # image + 2 time channels -> ... -> noise
   w = convnet.width_for_params(1030, 2)
   assert w == 5 and denoiser.hidden_for_params(282, 3, 3, 4) == 7
 
@@ -139,6 +148,7 @@ def _tiny_block():
   b.train_seeds = (0,)
   b.checkpoint_steps = (4,)
   b.steps = 4
+  b.denoiser.arch = "mlp"       # the conv denoiser shares the CNN's code path; mlp compiles fast
   return b
 
 
@@ -157,8 +167,10 @@ def test_claim4_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert p["series"][0]["emergence"] == 0.0 and np.isfinite(p["E"])
   cnn = next(p for p in out["points"] if p["kind"] == "cnn")
   assert 0.0 <= cnn["final_metric"] <= 1.0       # held-out accuracy
-  # a rerun trains nothing and returns the same numbers
+  # a rerun trains nothing and returns the same numbers; with a run's analysis deleted, its
+  # params come back from its orbax checkpoints (bit for bit: the same numbers again)
   monkeypatch.setattr(nv.loop, "train", lambda *a, **k: pytest.fail("retrained"))
+  (tmp_path / "claim4" / cnn["name"] / "nmfa.json").unlink()
   again = nv.claim4(b, str(tmp_path), fam, mesh=parallel.single_device_mesh())
   assert again["points"] == out["points"] and again["number"] == out["number"]
 

@@ -12,8 +12,10 @@ ResNet's identity shortcuts are skip edges from a block's input channel to the s
 channel of its output (multihop mode only, as the transformer's residual edges). Layers:
 input (1 channel) -> stem -> per block: conv1 output, block output -> head logits.
 
-NIN of the denoiser: its dense chain (input = noisy pixels and time features) as the
-transformer NIN treats dense kernels; no skips.
+NIN of the denoiser: the conv denoiser (default) as the ResNet (input = the noisy image
+and the time-feature channels, head = the 1-channel noise prediction); the MLP denoiser's
+dense chain (input = noisy pixels and time features) as the transformer NIN treats dense
+kernels, no skips.
 
 Sampling: min(S, width) neurons per layer (a narrow layer is taken whole; the transformer
 protocol samples S of every layer), seeded, one sample per seed reused for the series. The
@@ -224,21 +226,23 @@ def load_data(block) -> dict:
 def n_params(kind: str, width: int, block, side: int) -> int:
   if kind == "cnn":
     return convnet.n_params(width, int(block.cnn.n_blocks))
-  return denoiser.n_params(width, int(block.denoiser.depth), side, int(block.denoiser.n_time))
+  dn = block.denoiser
+  return denoiser.n_params(width, int(dn.depth), side, int(dn.n_time), str(dn.arch))
 
 
 def match_width(kind: str, target: int, block, side: int) -> int:
   if kind == "cnn":
     return convnet.width_for_params(target, int(block.cnn.n_blocks))
-  return denoiser.hidden_for_params(target, int(block.denoiser.depth), side,
-                                    int(block.denoiser.n_time))
+  dn = block.denoiser
+  return denoiser.hidden_for_params(target, int(dn.depth), side, int(dn.n_time),
+                                    arch=str(dn.arch))
 
 
 def make_model(kind: str, width: int, block, side: int):
   if kind == "cnn":
-    return convnet.make(width, int(block.cnn.n_blocks))
+    return convnet.make(width, int(block.cnn.n_blocks), stem_stride=int(block.cnn.stem_stride))
   dn = block.denoiser
-  return denoiser.make(width, int(dn.depth), side, int(dn.n_time))
+  return denoiser.make(width, int(dn.depth), side, int(dn.n_time), str(dn.arch))
 
 
 def _losses(kind, module, block):
@@ -310,11 +314,27 @@ def train_run(task, block, seed: int, run_dir: str, steps: list[int], mesh) -> l
   for s in steps:
     seg = _segment_config(block, seed, s, len(steps))
     if s in done:      # a finished segment: its checkpoint, not the latest one, is step s
-      state = loop.restore_state(task, seg, run_dir, mesh=mesh, step=s)
+      params = _restore_params(task, seg, run_dir, mesh, s)
+    elif any(d > s for d in done):
+      raise ConfigError(f"{run_dir}/checkpoints holds steps {done} but not {s}: the series "
+                        f"is broken, delete {run_dir} to train it again")
     else:
-      state = loop.train(task, seg, run_dir, mesh=mesh).state
-    series.append(jax.tree.map(np.asarray, state.params))
+      params = loop.train(task, seg, run_dir, mesh=mesh).state.params
+    series.append(jax.tree.map(np.asarray, params))
   return series
+
+
+def _restore_params(task, seg, run_dir: str, mesh, step: int):
+  """The params of one saved step; keeps every checkpoint (loop.restore_state's checkpointer
+  keeps 1 and prunes the others when it closes)."""
+  tx = task.tx if task.tx is not None else optim.make_optimizer(seg.optim, int(seg.steps))
+  abstract, shardings, _ = loop.create_state(task, tx, int(seg.seed), mesh)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), 1, 10 ** 9, clean=False)
+  try:
+    state, _ = ckpt.restore(step, ckpt_lib.abstract_with_shardings(abstract, shardings))
+  finally:
+    ckpt.close()
+  return state.params
 
 
 # ------------------------------------------------------------------ claim (4)
@@ -376,7 +396,8 @@ def run_one(block, run: dict, workdir: str, data: dict, steps: list[int], kw: di
     return done
   task = make_task(run["kind"], run["width"], block, data, run["seed"])
   series = train_run(task, block, run["seed"], folder, steps, mesh)
-  build = resnet_raw if run["kind"] == "cnn" else denoiser_raw
+  conv = run["kind"] == "cnn" or block.denoiser.arch == "conv"
+  build = resnet_raw if conv else denoiser_raw
   out = analyse_raw_series([build(p) for p in series], block.neuromfa, kw)
   metric = "eval_accuracy" if run["kind"] == "cnn" else "eval_ddpm_loss"
   evaluate = evaluator(run["kind"], task, data)

@@ -1,6 +1,7 @@
 """A small ResNet for grayscale images (layer 1), sized by width and number of blocks.
 
-  x (B, side, side) -> stem: 3x3 conv 1 -> C
+  x (B, side, side) -> stem: 3x3 conv 1 -> C (stride stem_stride: 2 halves 28x28 inputs
+       to 14x14 before the blocks, as ImageNet ResNets' strided stem does, for CPU cost)
     -> n_blocks pre-activation residual blocks h + conv2(relu(conv1(relu(h)))), 3x3 convs
        C -> C; a 2x2 average pool after every block but the last while the side is > 4
        (identity shortcuts throughout: every block keeps C channels, and the pool has no
@@ -33,10 +34,12 @@ class ResNet(nn.Module):
   width: int = 16
   n_blocks: int = 2
   n_classes: int = 10
+  stem_stride: int = 1
 
   @nn.compact
   def __call__(self, x_BHW: jax.Array) -> jax.Array:
-    h = nn.Conv(self.width, (KERNEL, KERNEL), name="stem")(x_BHW[..., None])
+    s = (self.stem_stride, self.stem_stride)
+    h = nn.Conv(self.width, (KERNEL, KERNEL), strides=s, name="stem")(x_BHW[..., None])
     scale = 1.0 / np.sqrt(self.n_blocks)
     last_init = lambda k, s, d=jnp.float32: nn.initializers.lecun_normal()(k, s, d) * scale
     for b in range(self.n_blocks):
@@ -66,12 +69,13 @@ def width_for_params(target: int, n_blocks: int, n_classes: int = 10,
   return int(widths[np.argmin(np.abs(counts - int(target)))])
 
 
-def make(width: int, n_blocks: int, n_classes: int = 10) -> ResNet:
+def make(width: int, n_blocks: int, n_classes: int = 10, stem_stride: int = 1) -> ResNet:
   positive_int("cnn.width", width)
   positive_int("cnn.n_blocks", n_blocks)
+  positive_int("cnn.stem_stride", stem_stride)
   if int(n_classes) < 2:
     raise ConfigError(f"n_classes={n_classes}: expected >= 2")
-  return ResNet(int(width), int(n_blocks), int(n_classes))
+  return ResNet(int(width), int(n_blocks), int(n_classes), int(stem_stride))
 
 
 def conv_layers(params) -> list[tuple[str, np.ndarray]]:
