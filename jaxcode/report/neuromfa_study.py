@@ -188,8 +188,9 @@ def headline(name: str, c: dict) -> str:
             f"{_pm(n['smallest_widening'])}")
   if name == "claim2":
     pl = n["pooled"]
+    sizes = ", ".join(f"{p['rho']:.2f}" for p in n["per_size"])
     return (f"pooled Spearman &rho;(E, cloze acc.) = {pl['rho']:.2f}, 95% CI {ci(pl['ci'])}; "
-            f"null E: {pl.get('rho_null', float('nan')):.2f}")
+            f"null E: {pl.get('rho_null', float('nan')):.2f}; per size (small to large): {sizes}")
   if name == "claim3":
     f = n["fit"]
     return f"dE/dln N = {f['slope']:.3g}, 95% CI {ci(f['ci'])}, R&sup2; {f['r2']:.2f}"
@@ -221,7 +222,8 @@ def _claim_rows(results) -> list[str]:
 
 
 def write_page(results: dict, path: str) -> str:
-  """The self-contained HTML page (atomic write); returns its path."""
+  """The self-contained HTML page (atomic write; figures of results['figures'] and any a
+  claim lists under its own 'figures'); returns its path."""
   fam = results.get("family", [])
   parts = [f"<html><head><meta charset='utf-8'><title>NeuroMFA study</title><style>{_CSS}"
            "</style></head><body><h1>NeuroMFA's claims, tested in miniature offline</h1>",
