@@ -169,13 +169,14 @@ def test_tiny_claim1_end_to_end_then_rerun_does_nothing(tmp_path):
   c.steps, c.checkpoint_steps, c.optim.warmup_steps = 2, (2,), 0
   c.data.update(dict(max_docs_per_source=3, heldout_fraction=0.34, eval_sequences=4,
                      cloze_items=4, seq_len=16))
-  c.neuromfa.S, c.neuromfa.seeds = 8, (0, 1)
+  c.neuromfa.S, c.neuromfa.seeds, c.neuromfa.q_step = 8, (0, 1), 0.5
   wd = str(tmp_path / "study")
   out = exp.run(c, wd, mesh=parallel.single_device_mesh())
   assert set(out["claims"]) == {"claim1"} and out["claims"]["claim1"]["verdict"] in (
       study.SUPPORTED, study.NOT_SUPPORTED, study.INCONCLUSIVE)
   pt = out["family"][0]
   assert pt["steps"] == [0, 2] and np.asarray(pt["per_seed"]["alpha0"]).shape == (2, 2)
+  assert len(set(np.asarray(pt["per_seed"]["null_alpha0"])[:, 0])) == 2   # a null per sample
   e, a, w = (np.asarray(pt["per_seed"][k]) for k in ("emergence", "alpha0", "width"))
   np.testing.assert_allclose(e, w / w[:, :1] * np.log(a[:, :1] / a), rtol=1e-9)  # E(t) closed form
   assert os.path.exists(os.path.join(wd, "report.html"))
