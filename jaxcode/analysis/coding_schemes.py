@@ -267,3 +267,42 @@ def neural_collapse(phi_PN: np.ndarray, labels_P: np.ndarray, n_classes: int) ->
   a = proj @ proj.T / h.shape[0]                            # D Sigma_W D^T
   g = np.linalg.pinv(d @ d.T, rcond=1e-10, hermitian=True)
   return float(np.trace(a @ g @ g))
+
+
+# ------------------------------------------------------------ every hidden layer
+
+def kernel_alignment(k_PP: np.ndarray, labels_P: np.ndarray, n_classes: int) -> float:
+  """Centred kernel alignment of K with the label kernel Y Y^T (Cortes et al. 2012):
+  <HKH, HLH>_F / (|HKH| |HLH|); 1 when K is the label kernel, near 0 for no class structure."""
+  k = np.asarray(k_PP, np.float64)
+  y = np.eye(n_classes)[labels_P]
+  h = np.eye(len(k)) - 1.0 / len(k)
+  kc, lc = h @ k @ h, h @ (y @ y.T) @ h
+  return float((kc * lc).sum() / max(np.linalg.norm(kc) * np.linalg.norm(lc), 1e-300))
+
+
+def layer_statistics(phi_PN: np.ndarray, labels_P: np.ndarray, n_classes: int) -> dict:
+  """Codes of one hidden layer (no readout needed): coding fraction, number of distinct
+  codes, largest code group, mean number of classes per code, NC1 and kernel alignment."""
+  phi = np.asarray(phi_PN, np.float64)
+  r = class_responses(phi, labels_P, n_classes)
+  coding, binary = codes(r)
+  hist = code_histogram(coding, binary)
+  n = phi.shape[1]
+  return {"coding_fraction": float(coding.mean()),
+          "n_distinct_codes": len(hist),
+          "largest_code_group": float(max(hist.values()) / n if hist else 0.0),
+          "classes_per_code": float(binary[coding].sum(1).mean()) if coding.any() else 0.0,
+          "nc1": neural_collapse(phi, labels_P, n_classes),
+          "kernel_alignment": kernel_alignment(empirical_kernel(phi), labels_P, n_classes)}
+
+
+LAYER_STATS = ("coding_fraction", "n_distinct_codes", "largest_code_group", "classes_per_code",
+               "nc1", "kernel_alignment")
+
+
+def average_layers(per_sample: list[list[dict]]) -> list[dict]:
+  """Per layer, the mean of each layer statistic over samples (per_sample[s][layer])."""
+  depth = len(per_sample[0])
+  return [{k: float(np.mean([s[l][k] for s in per_sample])) for k in LAYER_STATS} | {"layer": l + 1}
+          for l in range(depth)]

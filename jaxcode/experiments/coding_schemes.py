@@ -6,6 +6,17 @@ optax transformation), once per nonlinearity in config.nonlinearities, each in
 workdir/<nonlinearity>/ (checkpoints, metrics.jsonl; rerunning resumes), then
 analyses the stored samples (analysis/coding_schemes.py) and writes
 workdir/results.json and workdir/figures/*.png (report/coding_schemes.py).
+
+Beside the scheme statistics and the network-vs-GP errors per class, each
+nonlinearity's result holds: `layers` (codes, NC1 and kernel-label alignment at every
+hidden layer: sharpening with depth), `drift` (analysis/coding_schemes_drift.py:
+identity-matched readout/code agreement within a chain by lag, between chains, and a
+permuted-neuron null: drift and symmetry breaking), `theory` (analysis/coding_theory.py:
+the self-consistent single-neuron theory, linear in closed form, erf by Monte Carlo,
+beside the samples), and `signatures`, the three signatures in a few numbers (also
+gathered at the top level of results.json). Bad input (data folders without images, a
+network built for another input size: model.n_in) is refused in one line before any
+sampling.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcode import parallel
 from jaxcode.analysis import coding_schemes as cs
+from jaxcode.analysis import coding_schemes_drift as drift_lib
+from jaxcode.analysis import coding_theory as th
 from jaxcode.data import tasks
 from jaxcode import workdir as workdir_lib
 from jaxcode.models import wide
@@ -45,6 +58,22 @@ def validate(cfg) -> None:
   lg.validate_schedule(int(cfg.steps), int(s.burn_in), int(s.thin), int(s.n_samples))
   if int(s.n_chains) < 1:
     raise ConfigError(f"sampling.n_chains={s.n_chains}: expected >= 1")
+  t = cfg.theory
+  for name in ("n_neurons", "outer", "inner"):
+    if int(t[name]) < 2:
+      raise ConfigError(f"theory.{name}={t[name]}: expected an integer >= 2")
+  if not 0 < float(t.damping) <= 1:
+    raise ConfigError(f"theory.damping={t.damping}: expected a value in (0, 1]")
+
+
+def check_input_size(cfg, data) -> None:
+  """model.n_in (0: any) against the data's input dimension, before any compute."""
+  want, got = int(cfg.model.get("n_in", 0) or 0), int(data.x_train.shape[1])
+  if want and want != got:
+    side = int(round(math.sqrt(got)))
+    size = f" ({side}x{side} images)" if side * side == got and data.name != "toy" else ""
+    raise ConfigError(f"model.n_in={want}: the {data.name} inputs have {got} values{size}; "
+                      f"expected model.n_in={got} (or 0 to take the data's size)")
 
 
 def _max_sigma(params, var):
@@ -144,29 +173,82 @@ def sample(spec, data, cfg, nonlinearity, workdir, mesh=None, check=None):
 
 def _pass_over_samples(spec, data, samples, n_rhat_inputs: int) -> dict:
   """One forward pass per stored sample (all chains at once): per-(sample, chain) scheme
-  statistics and NC1, and the sums the posterior means, variances and kernel need."""
+  statistics, NC1, per-layer codes, drift summaries (code ids, contributions), and the sums
+  the posterior means, variances and kernels (every layer) need."""
   m = data.n_classes
   fwd = jax.jit(lambda p, x: wide.apply_chains(spec, p, x))
-  acc = {"stats": [], "nc1": [], "obs": [], "mse_tr": [], "f_te": 0.0, "f2_te": 0.0,
-         "f_tr": 0.0, "k_tr": 0.0, "n": 0}
+  acc = {"stats": [], "nc1": [], "obs": [], "mse_tr": [], "layers": [], "ids": [], "contrib": [],
+         "f_te": 0.0, "f2_te": 0.0, "f_tr": 0.0, "k_layers": 0.0, "n": 0}
   for s in range(jax.tree.leaves(samples)[0].shape[0]):
     p_s = jax.tree.map(lambda v: jnp.asarray(v[s]), samples)
     f_tr, h_tr = jax.device_get(fwd(p_s, data.x_train))
     f_te, _ = jax.device_get(fwd(p_s, data.x_test))
-    feat = np.asarray(h_tr[-1], np.float64)                 # C x P x N
+    hs = [np.asarray(h, np.float64) for h in h_tr]          # layers of C x P x N
+    feat = hs[-1]
     a = np.asarray(p_s["a"])
+    ids, con = [], []
     for c in range(a.shape[0]):
       acc["stats"].append(cs.scheme_statistics(a[c], feat[c], data.labels_train, m))
       acc["nc1"].append(cs.neural_collapse(feat[c], data.labels_train, m))
+      acc["layers"].append([cs.layer_statistics(h[c], data.labels_train, m) for h in hs])
+      ids.append(drift_lib.code_ids(*cs.codes(cs.class_responses(feat[c], data.labels_train, m))[::-1]))
+      con.append(np.linalg.norm(a[c], axis=1) * np.sqrt((feat[c] ** 2).mean(0)))
+    acc["ids"].append(ids)
+    acc["contrib"].append(con)
     acc["f_te"] = acc["f_te"] + f_te.sum(0)
     acc["f2_te"] = acc["f2_te"] + (f_te ** 2).sum(0)
     acc["f_tr"] = acc["f_tr"] + f_tr.sum(0)
-    acc["k_tr"] = acc["k_tr"] + np.einsum("cpn,cqn->pq", feat, feat) / feat.shape[2]
+    acc["k_layers"] = acc["k_layers"] + np.stack(
+        [np.einsum("cpn,cqn->pq", h, h) / h.shape[2] for h in hs])
     acc["mse_tr"].append(((f_tr - data.y_train[None]) ** 2).sum(2).mean(1))
     acc["obs"].append(f_te[:, :n_rhat_inputs].reshape(f_te.shape[0], -1))
     acc["n"] += a.shape[0]
   acc["feat_last"], acc["chains"] = feat[0], a.shape[0]
+  acc["k_tr"] = acc["k_layers"][-1]
   return acc
+
+
+def theory_kernel(spec, data, k_layers_LPP: np.ndarray) -> np.ndarray:
+  """The prior kernel of the feature layer's pre-activations: w_var x.x'/N0 for one hidden
+  layer; for deeper nets w_var times the sampled posterior-averaged kernel of layer L-1
+  (the theory's K_{L-1}, taken from the samples rather than solved for)."""
+  if spec.depth == 1:
+    x = np.asarray(data.x_train, np.float64)
+    return spec.w_var * x @ x.T / x.shape[1]
+  return spec.w_var * k_layers_LPP[-2]
+
+
+def theory(spec, data, cfg, samples, k_layers_LPP: np.ndarray, beta: float) -> dict | None:
+  """The self-consistent single-neuron theory beside the samples (None for ReLU, whose
+  outlier theory is not implemented)."""
+  tc = cfg.theory
+  if not tc.enabled or spec.nonlinearity not in th.THEORY_NONLINEARITIES:
+    return None
+  k = theory_kernel(spec, data, k_layers_LPP)
+  b, s_a = beta / spec.width, spec.readout_variance
+  if spec.nonlinearity == "linear":
+    sol = th.linear_theory(k, data.y_train, s_a, b)
+    method = "closed form (Gaussian single-neuron posterior)"
+  else:
+    sol = th.solve(k, data.y_train, s_a, b, spec.nonlinearity, int(tc.n_neurons), int(tc.outer),
+                   int(tc.inner), float(tc.damping), int(cfg.seed))
+    method = "Monte Carlo self-consistency (Langevin on single neurons)"
+  out = th.compare(sol, np.asarray(samples["a"]), np.asarray(k_layers_LPP[-1]))
+  out["method"] = method
+  out["b_beta_over_n"] = b
+  out["train_mean_rms_error"] = float(np.sqrt(((sol["train_mean"] - data.y_train) ** 2).mean()))
+  if "a_NM" in sol:
+    st = cs.scheme_statistics(sol["a_NM"], sol["phi_PN"], data.labels_train, data.n_classes)
+    out["statistics"] = {k: st[k] for k in cs.NUMERIC_STATS} | {
+        "code_histogram": st["code_histogram"]}
+    out["scheme"] = cs.classify(st)
+    out["a_theory"] = sol["a_NM"]
+  else:
+    out["a_theory"] = np.random.default_rng(0).multivariate_normal(
+        np.zeros(data.n_classes), sol["U"], size=4096)
+    out["scheme"] = "analog"
+    out["statistics"] = {"discreteness": cs.discreteness(out["a_theory"])}
+  return out
 
 
 def _gp_comparison(spec, data, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,9 +261,11 @@ def _gp_comparison(spec, data, beta: float) -> tuple[np.ndarray, np.ndarray, np.
   return k_gp_tr, gp_mean, gp_var
 
 
-def analyse(spec, data, samples, beta: float, n_rhat_inputs: int = 8) -> tuple[dict, dict]:
-  """Statistics, errors and the GP comparison from samples with leading axes (S, C);
-  returns (numbers for results.json, figure data for jaxcode.report.coding_schemes)."""
+def analyse(spec, data, samples, beta: float, n_rhat_inputs: int = 8,
+            cfg=None) -> tuple[dict, dict]:
+  """Statistics, errors, the GP comparison, drift and symmetry breaking, per-layer codes and
+  (cfg.theory) the single-neuron theory from samples with leading axes (S, C); returns
+  (numbers for results.json, figure data for jaxcode.report.coding_schemes)."""
   m = data.n_classes
   acc = _pass_over_samples(spec, data, samples, n_rhat_inputs)
   n_s, n_tot = len(acc["obs"]), acc["n"]
@@ -207,12 +291,44 @@ def analyse(spec, data, samples, beta: float, n_rhat_inputs: int = 8) -> tuple[d
       "neural_collapse_nc1": float(np.mean(acc["nc1"])),
       "rhat_test_outputs": {"max": float(np.nanmax(r)), "median": float(np.nanmedian(r))},
       "n_samples": int(n_tot),
+      "layers": cs.average_layers(acc["layers"]),
+      "drift": drift_lib.drift(np.asarray(samples["a"]), np.asarray(acc["ids"]),
+                               np.asarray(acc["contrib"])),
   }
-  figs = {"a_last": np.asarray(samples["a"][-1, 0]), "a_all": np.asarray(samples["a"]),
+  theo = theory(spec, data, cfg, samples, acc["k_layers"] / n_tot, beta) if cfg else None
+  if theo is not None:
+    a_theory = theo.pop("a_theory")
+    result["theory"] = theo
+  result["signatures"] = signatures(result)
+  figs = {"a_theory": None if theo is None else a_theory, "layers": result["layers"],
+          "drift": result["drift"], "a_last": np.asarray(samples["a"][-1, 0]), "a_all": np.asarray(samples["a"]),
           "feat_last": acc["feat_last"], "kernel": acc["k_tr"] / n_tot, "kernel_gp": k_gp_tr,
           "codes": avg["code_histogram"], "labels": data.labels_train,
           "f_te_mean": f_te_mean, "gp_mean": gp_mean}
   return result, figs
+
+
+def signatures(result: dict) -> dict:
+  """The three signatures in a few numbers: the scheme (sampled and theory), drift (within
+  a chain at lag 1 against between chains) and sharpening (kernel alignment by layer)."""
+  st, d = result["statistics"], result["drift"]
+  lag1 = d["within_chain_by_lag"][0] if d["within_chain_by_lag"] else {}
+  theo = result.get("theory")
+  return {"scheme": result["scheme"], "theory_scheme": theo["scheme"] if theo else None,
+          "discreteness": st["discreteness"],
+          "theory_discreteness": theo["statistics"]["discreteness"] if theo else None,
+          "coding_fraction": st["coding_fraction"], "participation": st["participation"],
+          "readout_second_moment_sampled_vs_theory":
+              [theo["readout_second_moment_sampled"], theo["readout_second_moment_theory"]]
+              if theo else None,
+          "within_chain_lag1_readout_corr": lag1.get("readout_corr"),
+          "within_chain_lag1_code_agreement": lag1.get("code_agreement"),
+          "between_chain_readout_corr": d["between_chains"]["readout_corr"],
+          "between_chain_scheme_overlap": d["between_chains"]["scheme_overlap"],
+          "kernel_alignment_by_layer": [l["kernel_alignment"] for l in result["layers"]],
+          "coding_fraction_by_layer": [l["coding_fraction"] for l in result["layers"]],
+          "test_gen_error_network_vs_gp": [result["test"]["gen_error_mean"],
+                                           result["gp"]["test"]["gen_error_mean"]]}
 
 
 # ------------------------------------------------------------ run
@@ -227,6 +343,7 @@ def _run(cfg, workdir: str, mesh=None) -> dict:
   from jaxcode.report import coding_schemes as report
   validate(cfg)
   data = tasks.task_from_config(cfg.data)
+  check_input_size(cfg, data)
   specs = {nl: wide.spec_from_config(cfg.model, data.x_train.shape[1], data.n_classes,
                                      data.x_train.shape[0], nl) for nl in cfg.nonlinearities}
   checks = validate_step_sizes(specs, data, cfg)
@@ -236,12 +353,13 @@ def _run(cfg, workdir: str, mesh=None) -> dict:
   for nl, spec in specs.items():
     samples, metrics, check = sample(spec, data, cfg, nl, os.path.join(workdir, nl), mesh,
                                      checks[nl])
-    result, figs = analyse(spec, data, samples, float(cfg.sampling.beta))
+    result, figs = analyse(spec, data, samples, float(cfg.sampling.beta), cfg=cfg)
     result["step_size"] = step_size(cfg, nl)
     result["eta_lambda_max_at_prior_draw"] = check
     result["final_train_mse_per_chain"] = np.asarray(metrics.get("train_mse", [])).tolist()
     result["readout_prior_variance"] = spec.readout_variance
     result["figures"] = report.write_all({nl: figs}, os.path.join(workdir, "figures"))
     out["results"][nl] = result
+  out["signatures"] = {nl: r["signatures"] for nl, r in out["results"].items()}
   workdir_lib.write_json(os.path.join(workdir, "results.json"), out)
   return out
