@@ -9,13 +9,15 @@ explained variance beside the published table (notes/evals.md section 3).
 Scales (published SynthSAEBench-16k: 16,384 features in 768 dimensions, SAE width 4096,
 200M samples, true L0 ~ 34 and target L0 25 = the true L0 over the 4096 most frequent features):
 * default: 4096 features in 192 dimensions, width 1024, 32 roots (1/4 of the published N, D,
-  width and roots, so N/D and N/width are the published ones), 3000 steps x 1024 = 3.1M
-  samples (1/64 of the published); the largest we expect to run on 2 CPU cores in ~30 min.
+  width and roots, so N/D and N/width are the published ones), 1500 steps x 1024 = 1.5M
+  samples (1/130 of the published); the largest we expect to run on 2 CPU cores in ~30 min
+  (estimated from configs/bench/synth.py's measured generator + TopK step, ~0.15 s, x 7
+  architectures; not run here).
   The published firing probabilities (q_1 = 0.4 ... q_N = 5e-4, exponent 0.5) give a true L0
   of ~16 here (the probabilities are spread over fewer features), ~12 over the top 1024:
   the target L0.
-* small: 1024 features, 48 dimensions, width 256, 8 roots (1/16), true L0 ~ 8, target 6;
-  under 8 minutes on 2 CPU cores.
+* small: 1024 features, 48 dimensions, width 256, 8 roots (1/16), 800 steps (0.8M samples),
+  true L0 7.3, target 6; 3.7 CPU-minutes (9.5 min wall on a shared, loaded 2-core machine).
 * tiny: 256 features, 16 dimensions, width 64, 2 roots (1/64), target L0 3; about a minute.
 The hierarchy (branching 4, depth 3, mutually exclusive, compensated, children scaled by their
 parent), the correlation (rank 25, scale 0.1) and the magnitudes (5 -> 4, folded-normal std)
@@ -36,8 +38,8 @@ from configs._train import default_train_config
 from configs.sae import sae_block
 
 VARIANTS = {   # name: what it runs
-    "default": "4096 features in 192 dims, width 1024 (1/4 of published), 3000 steps",
-    "small": "1024 features in 48 dims, width 256 (1/16 of published), 1000 steps",
+    "default": "4096 features in 192 dims, width 1024 (1/4 of published), 1500 steps",
+    "small": "1024 features in 48 dims, width 256 (1/16 of published), 800 steps",
     "tiny": "256 features in 16 dims, width 64, 150 steps: about a minute; what tests run",
 }
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
@@ -52,8 +54,8 @@ ARCHITECTURES = ("relu", "relu_classic", "topk", "batchtopk", "jumprelu", "jumpr
                  "matryoshka")
 # variant: (n_features, d_hidden, n_roots, width, l0, steps, coefficient sweep multipliers)
 _SCALES = {
-    "default": (4096, 192, 32, 1024, 12, 3000, (0.5, 1.0, 2.0)),
-    "small": (1024, 48, 8, 256, 6, 1000, (0.5, 1.0, 2.0)),
+    "default": (4096, 192, 32, 1024, 12, 1500, (0.5, 1.0, 2.0)),
+    "small": (1024, 48, 8, 256, 6, 800, (0.5, 1.0, 2.0)),
     "tiny": (256, 16, 2, 64, 3, 150, (0.5, 2.0)),
 }
 # The coefficient at the middle of each sweep (multiplied by the variant's multipliers):
