@@ -7,6 +7,21 @@
   python -m launch.atlas --config=configs/atlas.py:pythia --workdir=/tmp/atlas_pythia  # Hub id
   python -m launch.atlas --config=configs/atlas.py:bert --workdir=/tmp/atlas_bert      # Hub id
   python -m launch.atlas --config=configs/atlas.py:tiny --workdir=/tmp/atlas_tiny      # seconds
+  python -m launch.atlas --config=configs/atlas.py:seed_report --workdir=/tmp/atlas_seed  # offline
+  python -m launch.atlas --config=configs/atlas.py:seed_report_minilm --workdir=/tmp/atlas_seed_minilm
+
+The seed report's recipe (:seed_report on Gemma 3 270M, :seed_report_minilm on MiniLM): one
+ReLU SAE per block (relu_classic: f = ReLU((x - b_dec) W_enc + b_enc), loss = ||x - x_hat||^2
++ 0.05 sum_i |f_i| on activations scaled to E||x||^2 = 1, unit-norm decoder rows), latents
+8/3 of the model width rounded to the nearest integer (the report's 2048 for GPT-2's 768:
+1707 for Gemma 3 270M's 640, 1024 for MiniLM's 384), 50 passes over the cached tokens
+(sae_passes: updates = ceil(50 x cached tokens / batch_size)), blocks 0, 3, 6, 9 and the last,
+clipped to the model's depth (Gemma 3 270M, 18 blocks: 0,3,6,9,17; MiniLM, 6 blocks: 0,3,5).
+The report gains the seed report's two tables beside its published GPT-2 numbers
+(jaxcode/resources/seed_report_gpt2.json, jaxcode.report.seed_report). Another model:
+--config.model=PATH with --config.layers and --config.sae_train.sae.d_sae set for it (a block
+beyond the model's depth is refused in one line before compute). The full Gemma run needs
+hours on 2 CPU cores (5 blocks x ~3,100 dense ReLU updates of 640 x 1707 after extraction).
 
 Any checkpoint by path: --config.model=/ckpt/my-llama (a safetensors directory of GPT-2,
 GPT-NeoX, BERT, Llama, Qwen2/3 or Gemma 2/3) or --config.model=/models/x.gguf (llama.cpp).
@@ -54,6 +69,9 @@ VARIANTS = {   # name: the model whose atlas it makes
               "and KL recovered through its LM head (11 minutes on 2 idle CPU cores)",
     "smollm2": "SmolLM2-135M-Instruct (Llama; GGUF Q4_1 from PyPI), blocks 0,3,..,27,29",
     "tiny": "MiniLM, 2 blocks, ~500 tokens: seconds; what the tests run",
+    "seed_report": "the seed report's SAE recipe (ReLU, L1 0.05, 8/3 x width, 50 passes, blocks "
+                   "0,3,6,9,last) on Gemma 3 270M, its tables beside the published GPT-2 ones",
+    "seed_report_minilm": "the same recipe on the embedded MiniLM (blocks 0,3,5)",
 }
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
     ("model", "'minilm', 'gemma3-270m', 'smollm2-135m', a checkpoint directory (GPT-2, "
@@ -67,9 +85,26 @@ COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
 )
 MODELS = dict(minilm="minilm", gpt2="gpt2", pythia="EleutherAI/pythia-70m",
               bert="bert-base-uncased", gemma3="gemma3-270m", smollm2="smollm2-135m",
-              tiny="minilm")
+              tiny="minilm", seed_report="gemma3-270m", seed_report_minilm="minilm")
 # Blocks analysed by variant, chosen like the seed report: every third block and the last.
 LAYERS = dict(gemma3=(0, 3, 6, 9, 12, 15, 17), smollm2=(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29))
+# The seed report's SAE recipe (its GPT-2 small run: 768 wide, 12 blocks).
+SEED_BLOCKS = (0, 3, 6, 9)       # and the last block
+SEED_WIDTH_RATIO = (8, 3)        # latents / model width: the report's 2048 / 768
+SEED_L1 = 0.05                   # L1 coefficient on the codes
+SEED_PASSES = 50                 # passes over the cached tokens
+SEED_MODELS = dict(seed_report=(18, 640), seed_report_minilm=(6, 384))   # (blocks, width)
+
+
+def seed_blocks(n_layers: int) -> tuple[int, ...]:
+  """The report's blocks 0, 3, 6, 9 and the last, clipped to a model of n_layers blocks."""
+  return tuple(sorted({l for l in SEED_BLOCKS if l < n_layers} | {n_layers - 1}))
+
+
+def seed_width(d_model: int) -> int:
+  """8/3 of the model width, rounded to the nearest integer (half up): 768 -> 2048."""
+  num, den = SEED_WIDTH_RATIO
+  return (2 * num * d_model + den) // (2 * den)
 
 
 def get_config(variant: str = "minilm") -> ConfigDict:
@@ -82,6 +117,8 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.layers = LAYERS.get(variant, ())   # blocks analysed (residual stream after block i);
                                  # () = every block
   c.seed = 0                     # subsampling, SAE data order, nulls
+  c.sae_passes = 0               # > 0: SAE updates per layer = ceil(sae_passes x cached tokens
+                                 # / sae_train.batch_size), replacing sae_train.steps
   c.progress = True              # one progress line per stage on stderr
   c.extract = ConfigDict(dict(
       corpus="default:40",       # corpus spec (jaxcode.data.corpus.load_corpus): 40 prose + 40
@@ -135,10 +172,13 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       max_tokens=128 * 24,       # cached tokens scanned (the first ones; 0: all)
       per_page=128,              # latents per HTML page
       scan=dashboards_configs.scan_block()))   # the scan's fields, as launch.dashboards has them
-  if variant in ("gemma3", "smollm2"):   # causal LMs with a real head: CE and KL recovered
+  if variant in ("gemma3", "smollm2", "seed_report"):   # causal LMs with a real head: CE and
+                                 # KL recovered
     t.sae.d_sae = 0              # 2 x the model width (1280 for Gemma 3 270M, 1152 for SmolLM2)
     c.spliced.rows = 4           # 4 x 128 held-out tokens: each spliced forward computes
     c.spliced.batch_size = 2     # logits over the whole vocabulary (262,144 for Gemma 3)
+  if variant.startswith("seed_report"):
+    _seed_report(c, *SEED_MODELS[variant])
   if variant == "tiny":          # what the tests run: MiniLM, 2 blocks, ~500 tokens
     c.layers = (0, 1)
     c.extract.corpus = "default:3"
@@ -182,3 +222,16 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.dashboards.scan.window_before = 6
   c.lock()
   return c
+
+
+def _seed_report(c: ConfigDict, n_layers: int, d_model: int) -> None:
+  """The seed report's SAE recipe on a model of n_layers blocks of width d_model."""
+  t = c.sae_train
+  c.layers = seed_blocks(n_layers)
+  c.sae_passes = SEED_PASSES
+  t.sae = sae_configs.sae_block("relu_classic")   # ReLU codes, L1 on them, unit-norm decoder
+  t.sae.sparsity_coef = SEED_L1
+  t.sae.d_sae = seed_width(d_model)
+  t.sae.dead_tokens = 256 * 100  # reported as dead after 100 steps without firing
+  t.checkpoint.every = 1000      # ~3,100 updates per layer at 50 passes
+  t.log_every = 250

@@ -7,7 +7,8 @@ needs as it is:
                            (pipeline.cache, config.extract)
   sae/layer_<i>/           one SAE per block (pipeline.sae, config.sae_train: the SAE
                            experiment's config), trained one after another, exported under
-                           export/sae
+                           export/sae; config.sae_passes > 0 sets its updates to that many
+                           passes over the cached tokens (sae_block)
   spliced/                 each SAE spliced into the model on held-out rows: CE loss
                            recovered and KL through the real LM head (causal LMs), or the
                            sentence embedding recovered (encoders) (pipeline.spliced)
@@ -50,6 +51,8 @@ from jaxcode.pipeline import sae as sae_stage
 from jaxcode.pipeline import spliced as spliced_lib
 from jaxcode.pipeline import stage
 
+# The stages in run order; each is STAGE_FNS[name](config, workdir, plan, done) -> its result
+# (done: the earlier stages' results by name). A new stage is one function and one entry here.
 STAGES = ("extract", "sae", "spliced", "estimates", "four_properties", "neuromfa", "dashboards")
 
 
@@ -70,6 +73,7 @@ def _check_blocks(config) -> None:
   for name in ("tokens", "mle_k", "pca_dim"):
     positive_int(f"estimates.{name}", es[name])
   positive_int("lobes.block_len", lb.block_len)
+  positive_int("sae_passes", config.sae_passes, low=0)
   if not 1 <= int(es.lo) < int(es.hi):
     raise ConfigError(f"estimates rank window lo={es.lo}, hi={es.hi}: expected 1 <= lo < hi")
   if es.mle_k >= es.tokens:
@@ -150,12 +154,25 @@ def _cache(workdir: str, config):
   return cache
 
 
-def _one_sae(config, workdir: str, layer: int) -> dict:
+def sae_block(config, n_tokens: int):
+  """config.sae_train, or (sae_passes > 0) a copy whose steps make sae_passes passes over
+  n_tokens cached tokens: ceil(sae_passes x n_tokens / batch_size)."""
+  passes = int(config.sae_passes)
+  if passes == 0:
+    return config.sae_train
+  t = config.sae_train.copy_and_resolve_references()
+  t.unlock()
+  t.steps = -(-passes * int(n_tokens) // int(t.batch_size))
+  t.lock()
+  return t
+
+
+def _one_sae(config, workdir: str, layer: int, t) -> dict:
   from jaxcode.data import sources
   from jaxcode.report import sae as report_sae
   folder = os.path.join(workdir, "sae", f"layer_{layer}")
   reused = stage.read_final(folder) is not None and os.path.isdir(os.path.join(folder, "export"))
-  t, t0 = config.sae_train, time.time()
+  t0 = time.time()
   source = sources.ActivationCacheSource(os.path.join(workdir, "extract", cache_lib.CACHE),
                                          hook(layer), seed=int(t.data.seed))
   res = sae_stage.train_saes(t, folder, source, parallel.mesh_from_config(t.mesh),
@@ -167,8 +184,12 @@ def _one_sae(config, workdir: str, layer: int) -> dict:
 
 
 def stage_sae(config, workdir: str, plan: dict, done: dict) -> dict:
-  _cache(workdir, config)
-  return {l: _one_sae(config, workdir, l) for l in plan["layers"]}
+  t = sae_block(config, _cache(workdir, config).n_tokens)
+  sae_stage.validate_settings(t, where="sae_train.")   # derived steps vs warm-up, before compute
+  if int(config.sae_passes):
+    _log(config, f"sae: {config.sae_passes} passes over {done['extract']['n_tokens']} tokens = "
+                 f"{t.steps} updates of {t.batch_size} per layer")
+  return {l: _one_sae(config, workdir, l, t) for l in plan["layers"]}
 
 
 def _sae_dir(workdir: str, layer: int) -> str:

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from jaxcode.report import lobes_page  # noqa: E402
+from jaxcode.report import seed_report  # noqa: E402
 from jaxcode.report.common import save_figure  # noqa: E402
 
 PROPERTIES = ("abstraction", "precision", "specificity", "systematicity")
@@ -26,7 +27,7 @@ DEFINITIONS = {
               "r2/r1 are dropped", "dimensions"),
     "mle": ("Levina-Bickel maximum-likelihood intrinsic dimension with mle_k neighbours, "
             "harmonic mean over points, same activations", "dimensions"),
-    "sae_l0": ("mean number of TopK SAE latents with a positive code per token, same "
+    "sae_l0": ("mean number of SAE latents with a positive code per token, same "
                "activations", "latents per token"),
     "sae_l0_fraction": ("sae_l0 / d_sae", "fraction of latents"),
     "sae_orthogonality": ("1 - mean |cos| over distinct pairs of SAE decoder directions",
@@ -169,6 +170,9 @@ def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm,
                     "estimates": "estimates/layer_<i>.json",
                     "four_properties": "four_properties/results.json",
                     "neuromfa": "neuromfa/results.json", "spliced": "spliced/results.json"}}
+  out["sae_steps"] = {str(l): saes[l].get("steps") for l in plan["layers"]}
+  if str(config.variant).startswith("seed_report"):   # its tables beside the published ones
+    out["seed_report"] = seed_report.compare(out, seed_report.load_published())
   if spliced is not None:
     out["spliced"] = {k: spliced[k] for k in ("rows", "held_out", "tokens")}
   if nm is not None:
@@ -414,6 +418,9 @@ def write_html(results: dict, workdir: str) -> str:
                f"<tr><td>Gaussian null</td><td>{_fmt(nm['neuromfa_null_alpha0'])}</td>"
                f"<td>{_fmt(nm['neuromfa_null_width'])}</td></tr></table>")
   support = "".join(f"<li>{html.escape(s)}</li>" for s in support_text(results))
+  seed = seed_report.html_section(results["seed_report"]) if results.get("seed_report") else ""
+  arch = results.get("config", {}).get("sae_train", {}).get("sae", {}).get("architecture",
+                                                                            "topk")
   c = results["corpus"]
   page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Feature atlas: {html.escape(results['model'])}</title>
@@ -423,6 +430,7 @@ table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
 th, td {{ border: 1px solid #bbb; padding: 3px 7px; text-align: right; }}
 th {{ background: #eee; }}
 td.pass {{ background: #dff0d8; }} td.fail {{ background: #f8e0e0; }}
+td.published {{ background: #f4f4fb; }} span.missing {{ color: #888; font-size: 11px; }}
 table.defs td {{ text-align: left; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
 </style></head><body>
@@ -430,12 +438,13 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
 <p>{results['n_layers']} blocks, width {results['d_model']}; blocks analysed
 {results['layers_analysed']}; corpus <code>{html.escape(str(c['spec']))}</code> with
 {c['tokens_cached']} tokens cached ({html.escape(str(c.get('tokens_by_source')))});
-one TopK SAE per block with {results['d_sae']} latents. The four properties use the concept
+one {html.escape(str(arch))} SAE per block with {results['d_sae']} latents. The four properties use the concept
 words in a template sentence (✓ pass, ✗ fail). The lobes column opens each block's lobes
 page: every lobe of its co-occurrence and geometry clusterings with its member latents, linked
 to their dashboards. Definitions and units are below and in results.json.</p>
 <h2>Per-block table</h2>
 {table}
+{seed}
 {nm_html}
 <h2>What the numbers do and do not support</h2><ul>{support}</ul>
 <h2>Figures</h2>{figs}
