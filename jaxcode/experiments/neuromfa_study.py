@@ -57,7 +57,11 @@ def claim2(config, workdir, ctx) -> dict:
                   _mean(pt["per_seed"]["null_emergence"]))
     per.append({"name": pt["name"], **boot(acc, e, en)})
     xs.append(acc), ys.append(e), ns.append(en)
-  return study.claim2(boot(np.concatenate(xs), np.concatenate(ys), np.concatenate(ns)), per)
+  out = study.claim2(boot(np.concatenate(xs), np.concatenate(ys), np.concatenate(ns)), per)
+  out["number"]["pooled_per_task"] = {   # each task alone (task_acc is their mean)
+      task: boot(np.concatenate([pt["eval"][task] for pt in ctx["family"]]), np.concatenate(ys),
+                 np.concatenate(ns)) for task in ("cloze_code", "cloze_prose", "acc")}
+  return out
 
 
 def claim3(config, workdir, ctx) -> dict:
