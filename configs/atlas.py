@@ -60,6 +60,7 @@ constant learning-rate schedule (jaxcode/workdir.py); any other difference is re
 from ml_collections import ConfigDict
 
 from configs import dashboards as dashboards_configs
+from configs import evaluate as evaluate_configs
 from configs import four_properties as four_properties_configs
 from configs import neuromfa as neuromfa_configs
 from configs import sae as sae_configs
@@ -176,6 +177,10 @@ def get_config(variant: str = "minilm") -> ConfigDict:
       max_tokens=128 * 24,       # cached tokens scanned (the first ones; 0: all)
       per_page=128,              # latents per HTML page
       scan=dashboards_configs.scan_block()))   # the scan's fields, as launch.dashboards has them
+  c.evals = evaluate_configs.eval_block()   # SAEBench-compatible evals of every layer's SAE
+                                 # (pipeline.evals; fields as launch.evaluate has them)
+  c.evals.enabled = True         # run them and link the comparison page (evals/evals.html)
+  c.evals.names = "all"          # 'all': every offered eval the model supports, or a list
   if variant in ("gemma3", "smollm2", "seed_report"):   # causal LMs with a real head: CE and
                                  # KL recovered
     t.sae.d_sae = 0              # 2 x the model width (1280 for Gemma 3 270M, 1152 for SmolLM2)
@@ -224,6 +229,10 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.dashboards.max_tokens = 34 * 8
     c.dashboards.scan.k_top = 5
     c.dashboards.scan.window_before = 6
+    c.evals.core.rows_per_batch = 4
+    c.evals.probing.tasks = "source,categories"
+    c.evals.probing.max_per_class = 12   # the fewest words per category whose splits all hold both classes
+    c.evals.probing.context = 32
   c.lock()
   return c
 

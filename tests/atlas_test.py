@@ -106,7 +106,7 @@ def test_stop_and_rerun_reuses_finished_stages(finished, capsys):
   err = capsys.readouterr().err
   for stage in ("extract", "sae layer 0", "sae layer 1", "estimates layer 0",
                 "estimates layer 1", "four properties", "neuromfa", "dashboards layer 0",
-                "dashboards layer 1"):
+                "dashboards layer 1", "evals"):
     assert f"atlas: {stage}: reused" in err
   third = _mtimes(wd)
   stage_files = [p for p in after if p.startswith(atlas.STAGES)]
@@ -160,6 +160,18 @@ def test_results_structure_and_finite(finished):
     assert fp_row["l0_sparsity"] is not None     # the SAE reached the four-properties stage
   for k in ("neuromfa_alpha0", "neuromfa_width", "neuromfa_null_alpha0", "neuromfa_null_width"):
     assert math.isfinite(res["neuromfa"][k]) and k in res["definitions"]
+  # SAEBench evals: 'all' on MiniLM (no LM head) is core and sparse probing; the summary's
+  # numbers are the SAEBench files' (composed, not recomputed)
+  ev = res["evals"]
+  assert ev["evals"] == ["core", "sparse_probing"]
+  for l in (0, 1):
+    core = json.load(open(os.path.join(wd, ev["files"][str(l)]["core"])))
+    got = ev["summary"][f"jaxcode/layer_{l}"]
+    assert got["explained_variance"] == core["eval_result_metrics"][
+        "reconstruction_quality"]["explained_variance"]
+    probe = json.load(open(os.path.join(wd, ev["files"][str(l)]["sparse_probing"])))
+    assert 0 <= got["sae_top_1_test_accuracy"] <= 1
+    assert probe["eval_type_id"] == "sparse_probing"
 
 
 def test_report_html_is_self_contained(finished):
@@ -179,6 +191,9 @@ def test_report_html_is_self_contained(finished):
     assert row["dashboards"] == link and f'href="{link}"' in page
     index = open(os.path.join(wd, link), encoding="utf-8").read()
     assert "latents/page_0.html" in index or "latent-row" in index
+  assert f'href="{res["evals"]["page"]}"' in page        # the evals' comparison page
+  evals_page = open(os.path.join(wd, res["evals"]["page"]), encoding="utf-8").read()
+  assert "jaxcode/layer_0" in evals_page and "jaxcode/layer_1" in evals_page
 
 
 def _refused(cfg, wd, match):
@@ -197,6 +212,10 @@ def test_bad_input_before_compute(tmp_path):
   empty.write_text("\n")
   _refused(_config(tmp, **{"extract.corpus": str(empty)}), str(tmp_path / "c"),
            "no non-empty documents")
+  _refused(_config(tmp, **{"evals.names": "core,ravel"}), str(tmp_path / "e"),
+           "'ravel' is not offered offline")
+  _refused(_config(tmp, **{"evals.names": "absorption"}), str(tmp_path / "f"),
+           "needs a causal LM with an LM head")
   wd = tmp_path / "d"      # a workdir holding another model's atlas
   wd.mkdir()
   other = _config(tmp).to_dict()

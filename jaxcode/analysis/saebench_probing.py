@@ -81,21 +81,31 @@ def probe_accuracy(x_train, y_train, x_test, y_test, k: int | None) -> float:
   return float(np.mean(lr.predict((x_test - mu) / sd) == y_test))
 
 
-def task_accuracies(spaces: dict, labels_N, test_N, ks, seed: int) -> dict:
-  """{'<space>_test_accuracy', '<space>_top_<k>_test_accuracy'} averaged over the classes of
-  one task; spaces: name -> [N, F] pooled features (e.g. 'llm', 'sae')."""
+def class_splits(labels_N, test_N, seed: int) -> list[tuple]:
+  """(class, rows, y, train mask, test mask) of each one-vs-rest task of one labelled task;
+  a class whose train or test split lacks positives or negatives is refused in one line (it
+  depends on the labels and the split only, so it is checked before compute)."""
   labels, test = np.asarray(labels_N), np.asarray(test_N, bool)
-  out: dict = {}
   classes = np.unique(labels)
   if len(classes) == 2:          # the two one-vs-rest tasks are one task
     classes = classes[:1]
+  out = []
   for ci, cls in enumerate(classes):
     rng = np.random.default_rng([seed, ci])
     rows, y = binary_rows(labels, cls, rng)
     tr, te = ~test[rows], test[rows]
     if len(set(y[tr])) < 2 or len(set(y[te])) < 2:
-      raise ConfigError(f"class {cls!r}: its train or test split lacks positives or "
+      raise ConfigError(f"class {str(cls)!r}: its train or test split lacks positives or "
                         "negatives: expected more examples per class")
+    out.append((cls, rows, y, tr, te))
+  return out
+
+
+def task_accuracies(spaces: dict, labels_N, test_N, ks, seed: int) -> dict:
+  """{'<space>_test_accuracy', '<space>_top_<k>_test_accuracy'} averaged over the classes of
+  one task; spaces: name -> [N, F] pooled features (e.g. 'llm', 'sae')."""
+  out: dict = {}
+  for cls, rows, y, tr, te in class_splits(labels_N, test_N, seed):
     for name, x in spaces.items():
       x = np.asarray(x, np.float64)[rows]
       acc = {f"{name}_test_accuracy": probe_accuracy(x[tr], y[tr], x[te], y[te], None)}

@@ -44,6 +44,7 @@ from jaxcode import workdir as workdir_lib
 from jaxcode.errors import ConfigError, positive_int
 from jaxcode.pipeline import cache as cache_lib
 from jaxcode.pipeline import estimates as estimates_lib
+from jaxcode.pipeline import evals as evals_lib
 from jaxcode.pipeline import four_properties as four_properties_lib
 from jaxcode.pipeline import model as model_lib
 from jaxcode.pipeline import neuromfa as neuromfa_lib
@@ -53,7 +54,8 @@ from jaxcode.pipeline import stage
 
 # The stages in run order; each is STAGE_FNS[name](config, workdir, plan, done) -> its result
 # (done: the earlier stages' results by name). A new stage is one function and one entry here.
-STAGES = ("extract", "sae", "spliced", "estimates", "four_properties", "neuromfa", "dashboards")
+STAGES = ("extract", "sae", "spliced", "estimates", "four_properties", "neuromfa", "dashboards",
+          "evals")
 
 
 def _log(config, msg: str) -> None:
@@ -90,6 +92,9 @@ def _check_blocks(config) -> None:
       raise ConfigError(f"dashboards.max_tokens={config.dashboards.max_tokens}: expected >= 0 "
                         "(0: every cached token)")
     positive_int("dashboards.per_page", config.dashboards.per_page)
+  if config.evals.enabled and str(config.evals.names).strip() != "all":
+    from jaxcode.analysis import saebench
+    saebench.check_eval_names(config.evals.names)         # before the model loads
 
 
 def _check_layers(config, n: int) -> list[int]:
@@ -120,7 +125,12 @@ def validate(config) -> dict:
   if max(config.lobes.cluster_counts) >= d_sae:
     raise ConfigError(f"lobes.cluster_counts={tuple(config.lobes.cluster_counts)}: expected "
                       "< d_sae")
-  return dict(spec=spec, path=spec.path, name=spec.name, layers=layers, lm=lm, d_sae=d_sae)
+  evals, tasks = (), {}
+  if config.evals.enabled:
+    evals = evals_lib.resolve_names(str(config.evals.names), lm)
+    tasks = evals_lib.check(config.evals, lm, evals, spec.name)
+  return dict(spec=spec, path=spec.path, name=spec.name, layers=layers, lm=lm, d_sae=d_sae,
+              evals=evals, eval_tasks=tasks)
 
 
 # ------------------------------------------------------------------ stages
@@ -298,10 +308,39 @@ def stage_dashboards(config, workdir: str, plan: dict, done: dict) -> dict | Non
   return out
 
 
+def stage_evals(config, workdir: str, plan: dict, done: dict) -> dict | None:
+  """The SAEBench-compatible evals of every layer's SAE (pipeline.evals, one JSON per layer and
+  eval under evals/, each skipped when it exists) and their comparison page evals/evals.html."""
+  from jaxcode.models import sae_formats
+  from jaxcode.report import evaluate as report_evals
+  if not config.evals.enabled:
+    return None
+  folder, t0 = os.path.join(workdir, "evals"), time.time()
+  if stage.read_final(folder) is not None:
+    _log(config, "evals: reused")
+    return stage.read_final(folder)
+
+  def compute():
+    packed, files = _dashboard_rows(config, plan["lm"]), {}
+    for l in plan["layers"]:
+      sae = sae_formats.load_dictionary(_sae_dir(workdir, l))
+      got = evals_lib.run_evals(plan["lm"], sae, hook(l), packed, plan["evals"], folder,
+                                config.evals, f"layer_{l}", plan["name"],
+                                tasks=plan["eval_tasks"])
+      files[l] = {k: os.path.relpath(v, workdir) for k, v in got.items()}
+    page = report_evals.write_page(folder)
+    return {"evals": list(plan["evals"]), "files": files,
+            "page": os.path.relpath(page, workdir), "summary": report_evals.summary_rows(folder)}
+  res = stage.run_stage("evals", folder, compute, log=False)
+  _log(config, f"evals: {', '.join(plan['evals'])} on {len(plan['layers'])} layers "
+               f"({time.time() - t0:.0f} s)")
+  return res
+
+
 STAGE_FNS = dict(extract=stage_extract, sae=stage_sae, spliced=stage_spliced,
                  estimates=stage_estimates,
                  four_properties=stage_four_properties, neuromfa=stage_neuromfa,
-                 dashboards=stage_dashboards)
+                 dashboards=stage_dashboards, evals=stage_evals)
 
 
 # ------------------------------------------------------------------ run
@@ -328,7 +367,7 @@ def _run(config, workdir: str, stop_after: str | None) -> dict:
   from jaxcode.report import atlas as report
   results = report.assemble(config, plan, done["extract"], done["sae"], done["estimates"],
                             done["four_properties"], done["neuromfa"], done["spliced"],
-                            done["dashboards"])
+                            done["dashboards"], done["evals"])
   results["seconds_this_invocation"] = dict(seconds, total=time.time() - t0)
   figures = report.write_all(results, os.path.join(workdir, "figures"))
   results["figures"] = [os.path.relpath(f, workdir) for f in figures]   # portable workdir

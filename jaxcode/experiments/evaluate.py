@@ -60,10 +60,7 @@ def _hookpoint(config, sae) -> str:
 
 def evals_for(config, lm) -> tuple[str, ...]:
   """config.evals resolved: 'all' is every offered eval the model supports."""
-  if str(config.evals).strip() == "all":
-    return tuple(n for n in saebench.EVALS
-                 if n not in saebench.NEEDS_CAUSAL_LM or saebench.is_causal_lm(lm))
-  return saebench.check_eval_names(config.evals)
+  return evals_stage.resolve_names(str(config.evals), lm)
 
 
 def validate(config, workdir: str | None) -> dict:

@@ -54,6 +54,15 @@ def _task_names(block) -> tuple[str, ...]:
   return names
 
 
+def resolve_names(names, lm) -> tuple[str, ...]:
+  """The requested evals: 'all' is every offered eval the model supports (absorption only on
+  causal LMs); otherwise the names, checked (saebench.check_eval_names)."""
+  if isinstance(names, str) and names.strip() == "all":
+    return tuple(n for n in saebench.EVALS
+                 if n not in saebench.NEEDS_CAUSAL_LM or saebench.is_causal_lm(lm))
+  return saebench.check_eval_names(names)
+
+
 def check(block, lm, evals, model_name: str) -> dict:
   """Every check before compute; returns {task: (texts, labels, groups)} for sparse_probing."""
   names = saebench.check_eval_names(evals)
@@ -74,6 +83,9 @@ def check(block, lm, evals, model_name: str) -> dict:
     if not 0 < p.test_fraction < 1:
       raise ConfigError(f"probing.test_fraction={p.test_fraction!r}: expected 0 < x < 1")
     tasks = probing_tasks(block, lm.tokenizer)
+    for task, (_, labels, groups) in tasks.items():   # every class's split, before compute
+      probing.class_splits(labels, probing.split_groups(groups, float(p.test_fraction),
+                                                        int(p.seed)), int(p.seed))
   return tasks
 
 

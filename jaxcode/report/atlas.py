@@ -133,7 +133,8 @@ def _spliced_row(r: dict | None) -> dict:
 
 
 def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm,
-             spliced: dict | None = None, dashboards: dict | None = None) -> dict:
+             spliced: dict | None = None, dashboards: dict | None = None,
+             evals: dict | None = None) -> dict:
   fp_rows = {r["hookpoint"]: r for r in fp["table"]["template"]}
   layers = []
   for l in plan["layers"]:
@@ -175,6 +176,8 @@ def assemble(config, plan: dict, ext: dict, saes: dict, est: dict, fp: dict, nm,
     out["seed_report"] = seed_report.compare(out, seed_report.load_published())
   if spliced is not None:
     out["spliced"] = {k: spliced[k] for k in ("rows", "held_out", "tokens")}
+  if evals is not None:         # SAEBench-compatible evals: their page and headline numbers
+    out["evals"] = {k: evals[k] for k in ("evals", "page", "files", "summary")}
   if nm is not None:
     r = nm["checkpoints"][0]
     out["neuromfa"] = {"neuromfa_alpha0": r["alpha0"], "neuromfa_width": r["width"],
@@ -395,12 +398,30 @@ def _table(rows: list[dict], pages: dict[int, str]) -> str:
   return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_html(results: dict, workdir: str) -> str:
-  """workdir/report.html, and each layer's lobes page (report.lobes_page) it links to."""
-  table = _table(results["layers"], lobes_page.write_pages(results, workdir))
-  defs = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(d['definition'])}</td>"
-                 f"<td>{html.escape(d['unit'])}</td></tr>"
-                 for k, d in results["definitions"].items())
+def _evals_html(ev: dict) -> str:
+  """The evals section: a link to the comparison page and each layer's headline numbers."""
+  cols = (("explained_variance", "EV"), ("l0", "L0"), ("ce_loss_score", "CE score"),
+          ("sae_top_1_test_accuracy", "probe top-1"), ("sae_test_accuracy", "probe all"),
+          ("mean_absorption_fraction_score", "absorption"))
+  rows = "".join(f"<tr><td>{html.escape(name)}</td>"
+                 + "".join(f"<td>{_fmt(r.get(k))}</td>" for k, _ in cols) + "</tr>"
+                 for name, r in sorted(ev.get("summary", {}).items()))
+  head = "".join(f"<th>{html.escape(t)}</th>" for _, t in cols)
+  return (f'<h2>SAEBench-compatible evals</h2><p>{html.escape(", ".join(ev["evals"]))} on '
+          f'every block\'s SAE, in SAEBench\'s JSON; <a class="evals-page" '
+          f'href="{html.escape(ev["page"])}">the comparison page</a> sets them beside '
+          f'SAEBench\'s published numbers.</p><table><tr><th>dictionary</th>{head}</tr>{rows}'
+          "</table>")
+
+
+def _extras(results: dict) -> str:
+  """The optional sections after the per-block table: the seed report's tables, the evals."""
+  out = seed_report.html_section(results["seed_report"]) if results.get("seed_report") else ""
+  return out + (_evals_html(results["evals"]) if results.get("evals") else "")
+
+
+def _figures_html(results: dict, workdir: str) -> str:
+  """Every figure of the results inline, as a data: URI."""
   figs = ""
   for p in results.get("figures", []):
     full = p if os.path.isabs(p) else os.path.join(workdir, p)
@@ -409,16 +430,28 @@ def write_html(results: dict, workdir: str) -> str:
     figs += (f'<figure><img alt="{html.escape(os.path.basename(p))}" '
              f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(os.path.basename(p))}'
              f'</figcaption></figure>')
-  nm = results.get("neuromfa")
-  nm_html = ""
-  if nm:
-    nm_html = ("<h2>Weights: NeuroMFA</h2><table><tr><th></th><th>α₀</th><th>width</th></tr>"
-               f"<tr><td>weights</td><td>{_fmt(nm['neuromfa_alpha0'])}</td>"
-               f"<td>{_fmt(nm['neuromfa_width'])}</td></tr>"
-               f"<tr><td>Gaussian null</td><td>{_fmt(nm['neuromfa_null_alpha0'])}</td>"
-               f"<td>{_fmt(nm['neuromfa_null_width'])}</td></tr></table>")
+  return figs
+
+
+def _neuromfa_html(nm: dict | None) -> str:
+  if not nm:
+    return ""
+  return ("<h2>Weights: NeuroMFA</h2><table><tr><th></th><th>α₀</th><th>width</th></tr>"
+          f"<tr><td>weights</td><td>{_fmt(nm['neuromfa_alpha0'])}</td>"
+          f"<td>{_fmt(nm['neuromfa_width'])}</td></tr>"
+          f"<tr><td>Gaussian null</td><td>{_fmt(nm['neuromfa_null_alpha0'])}</td>"
+          f"<td>{_fmt(nm['neuromfa_null_width'])}</td></tr></table>")
+
+
+def write_html(results: dict, workdir: str) -> str:
+  """workdir/report.html, and each layer's lobes page (report.lobes_page) it links to."""
+  table = _table(results["layers"], lobes_page.write_pages(results, workdir))
+  defs = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(d['definition'])}</td>"
+                 f"<td>{html.escape(d['unit'])}</td></tr>"
+                 for k, d in results["definitions"].items())
+  figs, nm_html = _figures_html(results, workdir), _neuromfa_html(results.get("neuromfa"))
   support = "".join(f"<li>{html.escape(s)}</li>" for s in support_text(results))
-  seed = seed_report.html_section(results["seed_report"]) if results.get("seed_report") else ""
+  seed = _extras(results)
   arch = results.get("config", {}).get("sae_train", {}).get("sae", {}).get("architecture",
                                                                             "topk")
   c = results["corpus"]
