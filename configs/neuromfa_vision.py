@@ -6,8 +6,9 @@ The study runs it as its claim 4 (configs/neuromfa_study.py includes `claim4_blo
 From Python: neuromfa_vision.claim4(claim4_block("small"), workdir, family_points).
 
 Variants: 'default' (Fashion-MNIST, 2000 steps, 2 training seeds), 'small' (Fashion-MNIST,
-128 steps, a few minutes on 2 cores for two family points up to 60k parameters), 'tiny'
-(scikit-learn's 8x8 digits, 8 steps: seconds; what the tests run).
+128 steps, the family's two points up to 60k parameters: 8 models, 12.5 minutes measured on a
+shared 2-core machine at load ~10, in two resumed calls), 'tiny' (scikit-learn's 8x8 digits,
+8 steps, 85 s there; the tests run it with one seed and one checkpoint).
 
 Choices the paper does not state, with reasons: a constant Adam learning rate (the
 checkpoints are trained in segments, as launch.emergence does); no normalisation layers in
