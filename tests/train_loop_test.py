@@ -94,9 +94,12 @@ def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path):
   wd = str(tmp_path / "nan")
   with pytest.raises(metrics.NonFiniteError, match=r"step 24: metric '(loss|grad_norm|mse|param_norm)'"):
     loop.train(_task(nan_at=23), _cfg(40), wd)
-  assert ckpt_lib.check_directory(os.path.join(wd, "checkpoints"))[-1] == 20
+  kept = ckpt_lib.check_directory(os.path.join(wd, "checkpoints"))
+  assert kept[-1] == 20 and len(kept) > 1
   state = loop.restore_state(_task(), _cfg(40), wd)
   assert int(state.step) == 20
+  # restoring only reads: every checkpoint stays (it used to prune to one on close)
+  assert ckpt_lib.check_directory(os.path.join(wd, "checkpoints")) == kept
   assert all(np.all(np.isfinite(x)) for x in _leaves(state.params))
 
 

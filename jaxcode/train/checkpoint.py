@@ -227,8 +227,11 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves; prunes to `keep` only when this checkpointer saved (a reader,
+    such as loop.restore_state, leaves every checkpoint in place)."""
     self.manager.wait_until_finished()
-    self._prune(self.keep)
+    if self._saved:
+      self._prune(self.keep)
     self.manager.close()
 
 
