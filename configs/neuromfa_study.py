@@ -2,12 +2,15 @@
 
   python -m launch.neuromfa_study --config=configs/neuromfa_study.py:all --workdir=/tmp/nmfa_study
   python -m launch.neuromfa_study --config=configs/neuromfa_study.py:claim1 --workdir=/tmp/nmfa_c1
+  python -m launch.neuromfa_study --config=configs/neuromfa_study.py:claim4 --workdir=/tmp/nmfa_c4
   python -m launch.neuromfa_study --config=configs/neuromfa_study.py:claim5 --workdir=/tmp/nmfa_c5
   python -m launch.neuromfa_study --config=configs/neuromfa_study.py:tiny --workdir=/tmp/nmfa_tiny
 
 Variants :claim1, :claim2, :claim3 train the whole family (the same runs; one workdir per
 variant); :claim5 trains only the family member family.claim5_size plus its duplicated-corpus
-twin and a contaminated fine-tune; :all runs every registered claim and the real-checkpoint
+twin and a contaminated fine-tune; :claim4 trains the family, then a ResNet and a conv
+diffusion denoiser at each member's non-embedding size on Fashion-MNIST (Debian's
+dataset-fashion-mnist; configs/neuromfa_vision.py); :all runs every registered claim and the real-checkpoint
 comparison (MiniLM and Gemma 3 270M, ~15 s each); :tiny is :all at toy sizes (a few minutes).
 Default sizes: non-embedding parameters 25,472 .. 793,344 (31x); with the corpus's compacted
 vocabulary (8,100 tokens, 1.2M training tokens) total parameters 0.29M .. 1.85M (6.4x: the
@@ -23,12 +26,14 @@ from ml_collections import ConfigDict
 
 from configs._train import default_train_config
 from configs.neuromfa import stage_block as neuromfa_block
+from configs.neuromfa_vision import claim4_block
 
 VARIANTS = {   # name: what it runs
-    "all": "claims 1, 2, 3, 5 and the real-checkpoint comparison on the default family",
+    "all": "claims 1-5 and the real-checkpoint comparison on the default family",
     "claim1": "spectra shift left and widen with training, for large models only",
     "claim2": "E tracks held-out task accuracy across checkpoints",
     "claim3": "E at the last checkpoint grows with log(parameters) above a threshold",
+    "claim4": "a ResNet and a diffusion denoiser at the family's sizes self-organise less",
     "claim5": "duplicated corpus and contaminated fine-tune lower E",
     "tiny": "every registered claim at toy sizes: a few minutes; what the tests run",
 }
@@ -94,6 +99,9 @@ def get_config(variant: str = "all") -> ConfigDict:
       finetune_steps=256,        # contaminated fine-tune of the last clean checkpoint
       finetune_lr=1e-3,          # constant learning rate of the fine-tune
       shuffle_seed=0))           # token shuffling of the contaminated text
+  c.claim4 = claim4_block("tiny" if variant == "tiny" else "default")   # configs/neuromfa_vision.py:
+                                 # Fashion-MNIST (apt-get install dataset-fashion-mnist), ResNet
+                                 # and conv denoiser matched to params_nonembed; tiny: sklearn digits
   c.real = ConfigDict(dict(
       checkpoints=("minilm", "gemma3-270m")))   # real models beside the family (() : none)
   if variant == "tiny":
@@ -110,4 +118,6 @@ def get_config(variant: str = "all") -> ConfigDict:
     c.n_boot = 200
     c.claim5.finetune_steps = 4
     c.real.checkpoints = ()
+    c.claim4.min_params = 3000     # the tiny family's 3,312 and 7,272 points (the smaller one
+    c.claim4.max_params = 8000     # gives a 6-channel ResNet, too few nodes for the spectrum)
   return c

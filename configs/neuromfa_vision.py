@@ -58,6 +58,9 @@ def claim4_block(variant: str = "default") -> ConfigDict:
       beta_1=1e-4,               # linear beta schedule, first ...
       beta_T=0.02))              # ... and last beta
   c.max_params = 0               # family points above this many parameters are skipped (0: none)
+  c.min_params = 0               # family points below this many are skipped (0: none): a
+                                 # ResNet matched to ~900 parameters has 6 channels, too few
+                                 # nodes for the spectrum's radius fit
   c.neuromfa = neuromfa_block()  # S, seeds, null, mode, q grid, T (configs/neuromfa.py)
   c.compare = "excess"           # excess (E - E_null) | raw (E): what the verdict compares
   c.bootstrap = ConfigDict(dict(

@@ -48,6 +48,9 @@ def test_family_configs_have_the_parameter_counts_they_state(variant):
     (lambda c: setattr(c, "claims", ("claim1", "claim9")), "unknown claim 'claim9'"),
     (lambda c: c.family.update(dict(params_nonembed=(25_472, 56_640, 150_000, 793_344))),
      "closed form gives 150080"),
+    (lambda c: setattr(c.claim4.data, "name", "cifar"), "data.name='cifar'"),   # claim 4's block
+    (lambda c: setattr(c.claim4, "train_seeds", (0, 0)), "expected distinct seeds"),
+    (lambda c: setattr(c.claim4, "min_params", 10 ** 7), "no family point lies between"),
 ])
 def test_bad_input_is_one_line_before_compute(tmp_path, edit, needle):
   c = cfg_lib.get_config("all")

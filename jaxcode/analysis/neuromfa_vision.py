@@ -373,11 +373,12 @@ def plan(block, family_points, side: int) -> dict:
   if positive_int("data.batch", block.data.batch) % data_axis:
     raise ConfigError(f"data.batch={block.data.batch}: expected a multiple of the data axis "
                       f"size {data_axis}")
-  cap = int(block.max_params)
-  kept = [p for p in family if not cap or p["params"] <= cap]
+  cap, low = int(block.max_params), int(block.min_params)
+  kept = [p for p in family if (not cap or p["params"] <= cap) and p["params"] >= low]
   if not kept:
-    raise ConfigError(f"max_params={cap}: every family point is larger "
-                      f"({min(p['params'] for p in family)} and up), expected a larger cap")
+    raise ConfigError(f"min_params={low}, max_params={cap}: no family point lies between "
+                      f"(they have {sorted(p['params'] for p in family)} parameters), expected "
+                      "a range holding at least one")
   runs = [{"kind": k, "target": p["params"], "width": match_width(k, p["params"], block, side),
            "seed": s} for p in kept for k in KINDS for s in seeds]
   for r in runs:
@@ -529,6 +530,17 @@ def _check_block_file(workdir: str, block) -> None:
     if diff:
       raise ConfigError(f"{workdir}/claim4 holds a run with {diff}; use another workdir")
   workdir_lib.write_json(path, block.to_dict())
+
+
+def validate(block, params) -> None:
+  """Every check claim4 makes before training, from the family's parameter counts alone, so
+  the study can refuse bad input before it trains the family (the E values, not known yet,
+  enter no check: zeros stand in for them here only)."""
+  if str(block.data.name) not in images_lib.NAMES:
+    raise ConfigError(f"data.name={block.data.name!r}: expected one of {images_lib.NAMES}")
+  plan(block, [{"params": int(p), "E": 0.0, "E_null": 0.0} for p in params],
+       positive_int("data.image_size", block.data.image_size))
+  load_data(block)
 
 
 def claim4(block, workdir: str, family_points, mesh=None) -> dict:

@@ -27,6 +27,7 @@ from jaxcode import parallel
 from jaxcode import workdir as workdir_lib
 from jaxcode.analysis import neuromfa as nm
 from jaxcode.analysis import neuromfa_study as study
+from jaxcode.analysis import neuromfa_vision as vision
 from jaxcode.errors import ConfigError, positive_int
 from jaxcode.pipeline import neuromfa as nmfa_stage
 from jaxcode.pipeline import neuromfa_study as stages
@@ -106,10 +107,23 @@ def claim5(config, workdir, ctx) -> dict:
   return out
 
 
+def claim4(config, workdir, ctx) -> dict:
+  """A ResNet and a denoiser at the family's non-embedding parameter counts
+  (jaxcode.analysis.neuromfa_vision), against each member's E and null E at its last
+  checkpoint (means over network samples)."""
+  last = lambda pt, key: float(np.mean(np.asarray(pt["per_seed"][key])[:, -1]))
+  points = [{"params": int(pt["params_nonembed"]), "E": last(pt, "emergence"),
+             "E_null": last(pt, "null_emergence")} for pt in ctx["family"]]
+  out = vision.claim4(config.claim4, workdir, points)
+  return {**out, "direction": "transformers self-organise more (larger E) than CNNs and "
+          "diffusion models", "figures": [os.path.join(workdir, out["figure"])]}
+
+
 CLAIMS = {   # name: (fn(config, workdir, ctx) -> claim dict, family members it needs)
     "claim1": (claim1, "all"),
     "claim2": (claim2, "all"),
     "claim3": (claim3, "all"),
+    "claim4": (claim4, "all"),
     "claim5": (claim5, "claim5"),
 }
 
@@ -174,6 +188,8 @@ def validate(config, workdir: str) -> list[str]:
     raise ConfigError(f"claim5.dup_fraction={config.claim5.dup_fraction}: expected in (0, 1)")
   positive_int("n_boot", config.n_boot)
   nmfa_stage.validate(config.neuromfa)
+  if "claim4" in names:
+    vision.validate(config.claim4, config.family.params_nonembed)
   for spec in config.real.checkpoints:
     nmfa_stage.parse_spec(spec)
   workdir_lib.check_workdir(workdir)

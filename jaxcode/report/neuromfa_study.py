@@ -194,6 +194,10 @@ def headline(name: str, c: dict) -> str:
   if name == "claim3":
     f = n["fit"]
     return f"dE/dln N = {f['slope']:.3g}, 95% CI {ci(f['ci'])}, R&sup2; {f['r2']:.2f}"
+  if name == "claim4":
+    parts = [f"{k}: {n[k]['delta']:+.3f}, {100 * n['level']:.0f}% CI [{n[k]['lo']:+.3f}, "
+             f"{n[k]['hi']:+.3f}]" for k in ("cnn", "denoiser") if "delta" in n.get(k, {})]
+    return html.escape(f"{n.get('metric', 'E')}, transformer minus model: " + "; ".join(parts))
   if name == "claim5":
     return (f"E(as is) &minus; E(duplicated) = {_pm(n['dedup_minus_dup_E'])}; fine-tune "
             f"&Delta;E = {_pm(n['finetune_dE'])}, &Delta;acc = {n['finetune_dacc']:+.3f}")
