@@ -180,12 +180,17 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.evals = evaluate_configs.eval_block()   # SAEBench-compatible evals of every layer's SAE
                                  # (pipeline.evals; fields as launch.evaluate has them)
   c.evals.enabled = True         # run them and link the comparison page (evals/evals.html)
-  c.evals.names = "all"          # 'all': every offered eval the model supports, or a list
+  c.evals.names = "core,sparse_probing"   # or 'all' (adds first-letter absorption on causal
+                                 # LMs: ~2 min per layer on 2 cores, so asked for explicitly)
+  c.evals.core_rows = 32         # cached rows (evenly spaced) core reads, x seq_len tokens
   if variant in ("gemma3", "smollm2", "seed_report"):   # causal LMs with a real head: CE and
                                  # KL recovered
     t.sae.d_sae = 0              # 2 x the model width (1280 for Gemma 3 270M, 1152 for SmolLM2)
     c.spliced.rows = 4           # 4 x 128 held-out tokens: each spliced forward computes
     c.spliced.batch_size = 2     # logits over the whole vocabulary (262,144 for Gemma 3)
+    c.evals.core_rows = 4        # core's spliced forwards compute those logits too
+    c.evals.probing.tasks = "source,first_letter"   # the categories task's ~2,200 short
+    c.evals.probing.context = 64 # texts per layer cost minutes on these models: ask for it
   if variant.startswith("seed_report"):
     _seed_report(c, *SEED_MODELS[variant])
   if variant == "tiny":          # what the tests run: MiniLM, 2 blocks, ~500 tokens
@@ -230,6 +235,7 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.dashboards.scan.k_top = 5
     c.dashboards.scan.window_before = 6
     c.evals.core.rows_per_batch = 4
+    c.evals.core_rows = 4
     c.evals.probing.tasks = "source,categories"
     c.evals.probing.max_per_class = 12   # the fewest words per category whose splits all hold both classes
     c.evals.probing.context = 32

@@ -160,8 +160,8 @@ def test_results_structure_and_finite(finished):
     assert fp_row["l0_sparsity"] is not None     # the SAE reached the four-properties stage
   for k in ("neuromfa_alpha0", "neuromfa_width", "neuromfa_null_alpha0", "neuromfa_null_width"):
     assert math.isfinite(res["neuromfa"][k]) and k in res["definitions"]
-  # SAEBench evals: 'all' on MiniLM (no LM head) is core and sparse probing; the summary's
-  # numbers are the SAEBench files' (composed, not recomputed)
+  # SAEBench evals (core and sparse probing, the default): the summary's numbers are the
+  # SAEBench files' (composed, not recomputed)
   ev = res["evals"]
   assert ev["evals"] == ["core", "sparse_probing"]
   for l in (0, 1):
@@ -216,6 +216,7 @@ def test_bad_input_before_compute(tmp_path):
            "'ravel' is not offered offline")
   _refused(_config(tmp, **{"evals.names": "absorption"}), str(tmp_path / "f"),
            "needs a causal LM with an LM head")
+  _refused(_config(tmp, **{"evals.core_rows": 0}), str(tmp_path / "g"), "evals.core_rows=0")
   wd = tmp_path / "d"      # a workdir holding another model's atlas
   wd.mkdir()
   other = _config(tmp).to_dict()

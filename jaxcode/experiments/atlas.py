@@ -92,9 +92,11 @@ def _check_blocks(config) -> None:
       raise ConfigError(f"dashboards.max_tokens={config.dashboards.max_tokens}: expected >= 0 "
                         "(0: every cached token)")
     positive_int("dashboards.per_page", config.dashboards.per_page)
-  if config.evals.enabled and str(config.evals.names).strip() != "all":
-    from jaxcode.analysis import saebench
-    saebench.check_eval_names(config.evals.names)         # before the model loads
+  if config.evals.enabled:
+    positive_int("evals.core_rows", config.evals.core_rows)
+    if str(config.evals.names).strip() != "all":
+      from jaxcode.analysis import saebench
+      saebench.check_eval_names(config.evals.names)       # before the model loads
 
 
 def _check_layers(config, n: int) -> list[int]:
@@ -321,7 +323,8 @@ def stage_evals(config, workdir: str, plan: dict, done: dict) -> dict | None:
     return stage.read_final(folder)
 
   def compute():
-    packed, files = _dashboard_rows(config, plan["lm"]), {}
+    packed = _dashboard_rows(config, plan["lm"]).evenly_spaced_rows(int(config.evals.core_rows))
+    files = {}
     for l in plan["layers"]:
       sae = sae_formats.load_dictionary(_sae_dir(workdir, l))
       got = evals_lib.run_evals(plan["lm"], sae, hook(l), packed, plan["evals"], folder,
