@@ -162,3 +162,16 @@ def test_chromium_shows_lobes_and_follows_member_links(workdir, tmp_path):
                     "#" + frag)
   assert 'id="latent-8"' in target and 'id="latent-9"' in target
   assert 'id="latent-0"' not in target
+
+
+def test_stats_line_names_every_source_pair_with_three_sources():
+  """Three sources (literature beside code and prose): the page names the mean separation and
+  each pair's; two sources keep the code/prose wording."""
+  pairs = {"code|literature": 1.0, "code|prose": 0.92, "literature|prose": 1.0}
+  rec = {"ami": 0.007, "ami_sigma": 5.7, "balanced_accuracy": 0.546, "probe_sigma": 9.9,
+         "code_prose_separation": 0.92, "pair_separations": pairs, "source_separation": 0.973}
+  line = lobes_page._stats(rec)
+  assert "source separation 0.973" in line
+  assert all(f"{k} {v:.3g}" in line for k, v in pairs.items())
+  two = dict(rec, pair_separations={"code|prose": 0.92}, source_separation=0.92)
+  assert "code/prose separation 0.92" in lobes_page._stats(two)

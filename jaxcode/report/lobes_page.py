@@ -131,10 +131,13 @@ def _stats(rec: dict | None) -> str:
 
   def f(v):
     return "–" if v is None else f"{v:.3g}"
+  pairs = rec.get("pair_separations") or {}
+  sep = (f"source separation {f(rec.get('source_separation'))} (pairs: "
+         + ", ".join(f"{k} {f(v)}" for k, v in pairs.items()) + ")" if len(pairs) > 1 else
+         f"code/prose separation {f(rec.get('code_prose_separation'))}")
   return (f"AMI with the geometry clustering {f(rec.get('ami'))} ({f(rec.get('ami_sigma'))} "
           f"null sd); probe balanced accuracy {f(rec.get('balanced_accuracy'))} "
-          f"({f(rec.get('probe_sigma'))} null sd); code/prose separation "
-          f"{f(rec.get('code_prose_separation'))}")
+          f"({f(rec.get('probe_sigma'))} null sd); {sep}")
 
 
 def _section(row: dict, name: str, k: str, rec: dict | None, headline: bool,
