@@ -12,7 +12,8 @@ Scales (published SynthSAEBench-16k: 16,384 features in 768 dimensions, SAE widt
   width and roots, so N/D and N/width are the published ones), 1500 steps x 1024 = 1.5M
   samples (1/130 of the published); the largest we expect to run on 2 CPU cores in ~30 min
   (estimated from configs/bench/synth.py's measured generator + TopK step, ~0.15 s, x 7
-  architectures; not run here).
+  architectures; measured: 32 min wall, 31 CPU-minutes, on 2 cores with another job
+  running for its first 15 minutes).
   The published firing probabilities (q_1 = 0.4 ... q_N = 5e-4, exponent 0.5) give a true L0
   of ~16 here (the probabilities are spread over fewer features), ~12 over the top 1024:
   the target L0.
