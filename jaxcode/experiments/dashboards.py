@@ -14,7 +14,6 @@ bad value, nothing written), then:
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 
@@ -27,22 +26,10 @@ from jaxcode.pipeline import dashboards as dash
 from jaxcode.pipeline import model as model_lib
 from jaxcode.pipeline import sae as sae_stage
 
-_OURS = re.compile(r"^blocks\.\d+\.\w+$")
-
 
 def _log(config, msg: str) -> None:
   if config.progress:
     print(f"dashboards: {msg}", file=sys.stderr, flush=True)
-
-
-def _hookpoint(config, sae) -> str:
-  if config.hookpoint:
-    return config.hookpoint
-  own = getattr(sae, "hook_in", None) if sae is not None else None
-  if isinstance(own, str) and _OURS.match(own):
-    return own
-  raise ConfigError(f"hookpoint='': the dictionary names no hookpoint of ours ({own!r}): "
-                    "expected --config.hookpoint=blocks.<i>.<site>")
 
 
 def validate(config, workdir: str | None) -> dict:
@@ -50,7 +37,7 @@ def validate(config, workdir: str | None) -> dict:
   spec = model_lib.resolve(config.model, config.revision)
   lm = model_lib.load(spec)
   sae = sae_formats.load_dictionary(os.path.expanduser(config.sae)) if config.sae else None
-  hookpoint = _hookpoint(config, sae)
+  hookpoint = sae_stage.own_hookpoint(config.hookpoint, sae)
   if sae is None:
     sae_stage.validate_settings(config.train, "train.")
   dash.check(config.scan, lm, sae, hookpoint, int(config.data.seq_len))
@@ -75,14 +62,12 @@ def run(config, workdir: str, mesh=None) -> dict:
 
 def _train(config, workdir: str, plan: dict, mesh):
   """A TopK SAE on the hookpoint, the model computing each batch; returns it loaded."""
-  from jaxcode.data import sources
-  p, t0 = plan["packed"], time.time()
-  src = sources.LMSource(plan["lm"], p.input_ids, p.attention_mask, plan["hookpoint"],
-                         seed=int(config.train.data.seed))
-  res = sae_stage.train_saes(config.train, os.path.join(workdir, "sae"), src, mesh)
+  t0 = time.time()
+  path, res = sae_stage.train_on_lm(config.train, os.path.join(workdir, "sae"), plan["lm"],
+                                    plan["packed"], plan["hookpoint"], mesh)
   _log(config, f"sae: {res['steps']} steps, L0 {res['l0']:.1f}, explained variance "
                f"{res['explained_variance']:.3f} ({time.time() - t0:.0f} s)")
-  sae = sae_formats.load_dictionary(os.path.join(workdir, "sae", "export", "sae"))
+  sae = sae_formats.load_dictionary(path)
   dash.check(config.scan, plan["lm"], sae, plan["hookpoint"], int(config.data.seq_len))
   return sae
 

@@ -28,7 +28,6 @@ from jaxcode.pipeline import evals as evals_stage
 from jaxcode.pipeline import model as model_lib
 from jaxcode.pipeline import sae as sae_stage
 
-_OURS = re.compile(r"^blocks\.\d+\.\w+$")
 TRAINED = os.path.join("sae", "export", "sae")
 
 
@@ -48,16 +47,6 @@ def sae_id(path: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts))
 
 
-def _hookpoint(config, sae) -> str:
-  if config.hookpoint:
-    return config.hookpoint
-  own = getattr(sae, "hook_in", None) if sae is not None else None
-  if isinstance(own, str) and _OURS.match(own):
-    return own
-  raise ConfigError(f"hookpoint='': the dictionary names no hookpoint of ours ({own!r}): "
-                    "expected --config.hookpoint=blocks.<i>.<site>")
-
-
 def evals_for(config, lm) -> tuple[str, ...]:
   """config.evals resolved: 'all' is every offered eval the model supports."""
   return evals_stage.resolve_names(str(config.evals), lm)
@@ -72,7 +61,7 @@ def validate(config, workdir: str | None) -> dict:
   evals = evals_for(config, lm)
   tasks = evals_stage.check(config, lm, evals, spec.name)
   saes = [(p, sae_formats.load_dictionary(p)) for p in _paths(config)]
-  hookpoint = _hookpoint(config, saes[0][1] if saes else None)
+  hookpoint = sae_stage.own_hookpoint(config.hookpoint, saes[0][1] if saes else None)
   if hookpoint not in lm.hookpoint_names():
     raise ConfigError(f"hookpoint {hookpoint!r}: the {lm.model_type} model has no such "
                       "hookpoint")
@@ -98,15 +87,12 @@ def run(config, workdir: str, mesh=None) -> dict:
 
 
 def _train(config, workdir: str, plan: dict, mesh):
-  from jaxcode.data import sources
-  p, t0 = plan["packed"], time.time()
-  src = sources.LMSource(plan["lm"], p.input_ids, p.attention_mask, plan["hookpoint"],
-                         seed=int(config.train.data.seed))
-  res = sae_stage.train_saes(config.train, os.path.join(workdir, "sae"), src, mesh)
+  t0 = time.time()
+  path, res = sae_stage.train_on_lm(config.train, os.path.join(workdir, "sae"), plan["lm"],
+                                    plan["packed"], plan["hookpoint"], mesh)
   _log(config, f"sae: {res['steps']} steps, L0 {res['l0']:.1f}, explained variance "
                f"{res['explained_variance']:.3f} ({time.time() - t0:.0f} s)")
-  return os.path.join(workdir, TRAINED), sae_formats.load_dictionary(
-      os.path.join(workdir, TRAINED))
+  return path, sae_formats.load_dictionary(path)
 
 
 def _run(config, workdir: str, plan: dict, mesh) -> dict:

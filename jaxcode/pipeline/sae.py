@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Callable
 
 import jax
@@ -230,3 +231,29 @@ def _evaluate_one(block, folder: str, source, cfg, params, aux, i: int, x_eval_N
         metadata={"label": rec["label"], "data": source.kind, "steps": int(block.steps)},
         **_source_facts(source))
   return rec
+
+
+_OURS = re.compile(r"^blocks\.\d+\.\w+$")     # a hookpoint name of ours
+
+
+def own_hookpoint(override: str, sae) -> str:
+  """The hookpoint a dictionary is read at: `override` when set, else the dictionary's own
+  hook name when it is one of ours (blocks.<i>.<site>); refused in one line otherwise."""
+  if override:
+    return override
+  own = getattr(sae, "hook_in", None) if sae is not None else None
+  if isinstance(own, str) and _OURS.match(own):
+    return own
+  raise ConfigError(f"hookpoint='': the dictionary names no hookpoint of ours ({own!r}): "
+                    "expected --config.hookpoint=blocks.<i>.<site>")
+
+
+def train_on_lm(block, folder: str, lm, packed, hookpoint: str, mesh) -> tuple[str, dict]:
+  """Dictionaries per `block` (configs/sae.py's fields) on `hookpoint`, the model computing
+  each batch from the packed rows (data.sources.LMSource); returns (the first dictionary's
+  export path, train_saes' result)."""
+  from jaxcode.data import sources
+  src = sources.LMSource(lm, packed.input_ids, packed.attention_mask, hookpoint,
+                         seed=int(block.data.seed))
+  res = train_saes(block, folder, src, mesh)
+  return os.path.join(folder, "export", "sae"), res
