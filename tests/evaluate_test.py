@@ -119,3 +119,19 @@ def test_absorption_pipeline_on_a_causal_fixture(tmp_path):
   counted = {d["first_letter"] for d in res["eval_result_details"]}
   assert counted == {k for k, v in f1.items() if v > 0.0}       # min_probe_f1 = 0
   assert res["eval_result_unstructured"]["status"].startswith("aborted") == (not counted)
+
+
+def test_own_hookpoint_override_own_name_or_one_line():
+  """The hookpoint a dictionary is read at (pipeline.sae.own_hookpoint, shared with
+  launch.dashboards): the override wins; else the dictionary's own blocks.<i>.<site> name;
+  a name not of the form blocks.<i>.<site>, or no dictionary, is refused in one line."""
+  import types
+  from jaxcode.pipeline import sae as sae_stage
+  ours = types.SimpleNamespace(hook_in="blocks.3.resid_post")
+  theirs = types.SimpleNamespace(hook_in="blocks.6.hook_resid_post.x")
+  assert sae_stage.own_hookpoint("blocks.1.resid_post", theirs) == "blocks.1.resid_post"
+  assert sae_stage.own_hookpoint("", ours) == "blocks.3.resid_post"
+  for sae in (theirs, None):
+    with pytest.raises(ConfigError, match="names no hookpoint of ours") as e:
+      sae_stage.own_hookpoint("", sae)
+    assert "\n" not in str(e.value)
