@@ -114,6 +114,16 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def write_text(path: str, text: str) -> str:
+  """A text file (a page) written to a temporary name, then renamed; returns its path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return path
+
+
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and proves it writable, before any compute."""
   if not workdir:

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxcode import workdir as workdir_lib  # noqa: E402
 from jaxcode.report import lobes_page  # noqa: E402
 from jaxcode.report import seed_report  # noqa: E402
 from jaxcode.report.common import save_figure  # noqa: E402
@@ -485,9 +486,4 @@ to their dashboards. Definitions and units are below and in results.json.</p>
 {defs}</table>
 </body></html>
 """
-  path = os.path.join(workdir, "report.html")
-  tmp = path + f".tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(page)
-  os.replace(tmp, path)
-  return path
+  return workdir_lib.write_text(os.path.join(workdir, "report.html"), page)

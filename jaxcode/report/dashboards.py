@@ -34,6 +34,7 @@ import html
 import os
 import re
 
+from jaxcode import workdir as workdir_lib
 from jaxcode.errors import ConfigError, positive_int
 from jaxcode.report.graph_html import _embed
 
@@ -209,13 +210,6 @@ def _page(title: str, body: str, data: dict[str, object], js: str) -> str:
           f"<script>{js}</script>\n</body></html>\n")
 
 
-def _write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _check_records(records) -> list[dict]:
   need = ("index", "dead", "density", "max", "mean_active", "count", "top", "intervals",
           "act_hist")
@@ -314,12 +308,12 @@ def write_dashboards(records: list[dict], directory: str, *, title: str, layer_l
     if m and int(m.group(1)) >= len(pages):
       os.remove(os.path.join(folder, name))        # left over from a larger earlier run
   for n, chunk in enumerate(pages):
-    _write_text(os.path.join(folder, f"page_{n}.html"),
+    workdir_lib.write_text(os.path.join(folder, f"page_{n}.html"),
                 _latent_page(chunk, where, n, len(pages), title))
   ranges = [[int(c[0]["index"]), int(c[-1]["index"])] for c in pages]
-  _write_text(os.path.join(directory, "latent.html"), _forward_html(ranges, title))
+  workdir_lib.write_text(os.path.join(directory, "latent.html"), _forward_html(ranges, title))
   index = os.path.join(directory, "index.html")
-  _write_text(index, _index_html(records, per_page, title, layer_label))
+  workdir_lib.write_text(index, _index_html(records, per_page, title, layer_label))
   return index
 
 

@@ -15,6 +15,7 @@ import html
 import json
 import os
 
+from jaxcode import workdir as workdir_lib
 from jaxcode.analysis import saebench
 
 # (eval_type_id, category, key, column label)
@@ -115,9 +116,4 @@ categories, first letters), not SAEBench's HF datasets.</p>
 <h2>Not offered offline, or not implemented yet</h2><ul>{missing}</ul>
 </body></html>
 """
-  path = os.path.join(workdir, "evals.html")
-  tmp = path + f".tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(page)
-  os.replace(tmp, path)
-  return path
+  return workdir_lib.write_text(os.path.join(workdir, "evals.html"), page)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import html
 import json
-import os
 
+from jaxcode import workdir as workdir_lib
 from jaxcode.errors import ConfigError
 
 _CSS = """
@@ -220,9 +220,4 @@ def write_graph_html(graph_json: dict, path: str, *, dashboard_url: str | None =
           "<script type=\"application/json\" id=\"dashboard-urls\">"
           f"{_embed(dashboard_links(graph_json, dashboard_url))}</script>\n"
           f"<script>{_JS}</script>\n</body></html>\n")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(page)
-  os.replace(tmp, path)
-  return path
+  return workdir_lib.write_text(path, page)

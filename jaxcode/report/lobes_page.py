@@ -19,6 +19,7 @@ import html
 import os
 import posixpath
 
+from jaxcode import workdir as workdir_lib
 from jaxcode.errors import ConfigError
 
 GEOMETRY = "geometry"        # the decoder-direction clustering's key in clusters["labels"]
@@ -182,12 +183,7 @@ def write_page(row: dict, workdir: str, *, title: str = "") -> str | None:
   if not (row.get("lobes") or {}).get("clusters"):
     return None
   rel = page_path(row["layer"])
-  path = os.path.join(workdir, rel)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(page_html(row, title=title))
-  os.replace(tmp, path)
+  workdir_lib.write_text(os.path.join(workdir, rel), page_html(row, title=title))
   return rel
 
 

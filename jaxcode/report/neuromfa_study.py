@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxcode import workdir as workdir_lib  # noqa: E402
 from jaxcode.report.common import save_figure as _save  # noqa: E402
 
 _COL = plt.cm.plasma
@@ -257,8 +258,4 @@ def write_page(results: dict, path: str) -> str:
   parts.append("<h2>Wall times (s, this machine)</h2><table>" + "".join(
       f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>"
       for k, v in results.get("wall_s", {}).items()) + "</table></body></html>")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(parts))
-  os.replace(tmp, path)
-  return path
+  return workdir_lib.write_text(path, "\n".join(parts))
