@@ -11,6 +11,7 @@ results, the four-properties table) and that the report shows them.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -191,6 +192,17 @@ def test_report_html_is_self_contained(finished):
     assert row["dashboards"] == link and f'href="{link}"' in page
     index = open(os.path.join(wd, link), encoding="utf-8").read()
     assert "latents/page_0.html" in index or "latent-row" in index
+  # every layer's lobes page, linked from the table, lists each active latent once per
+  # clustering, each linking to its dashboard section through the forwarder
+  for row in res["layers"]:
+    rel = f"lobes/layer_{row['layer']}.html"
+    assert f'href="{rel}"' in page
+    lobes_html = open(os.path.join(wd, rel), encoding="utf-8").read()
+    active = sorted(row["lobes"]["clusters"]["active"])
+    head = f'{row["lobe_affinity"]}/{row["lobe_clusters"]}'
+    shown = re.findall(rf'class="member" data-clustering="{re.escape(head)}" '
+                       r'href="\.\./dashboards/layer_\d+/latent\.html#(\d+)"', lobes_html)
+    assert sorted(int(i) for i in shown) == active and active
   assert f'href="{res["evals"]["page"]}"' in page        # the evals' comparison page
   evals_page = open(os.path.join(wd, res["evals"]["page"]), encoding="utf-8").read()
   assert "jaxcode/layer_0" in evals_page and "jaxcode/layer_1" in evals_page

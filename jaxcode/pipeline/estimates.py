@@ -59,8 +59,7 @@ def layer_estimates(block, lobes_block, cache, layer: int, hookpoint: str, sae,
   row.update(_galaxy_columns(gal, act_h, int(block.hi)))
   lobes = lobes_lib.lobe_statistics(cache, hookpoint, sae, prefix_len, body_len, lobes_block,
                                     seed)
-  lobes.pop("clusters", None)      # the figures' cluster labels: not part of the table
-  row["lobes"] = lobes
+  row["lobes"] = lobes             # with its clusters: the report's lobe pages list members
   return row
 
 
