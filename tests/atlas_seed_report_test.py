@@ -47,10 +47,10 @@ def test_passes_set_the_updates():
 def _results():
   """A hand-made atlas results dict: MiniLM-like, blocks 0, 3 and the last (5)."""
   layers = []
-  for l, (tw, l0, orth, ab) in zip((0, 3, 5), ((11.5, 0.031, 0.912, 1.37),
-                                                (14.25, 0.047, 0.887, 1.81),
-                                                (9.75, 0.062, 0.934, 2.45))):
-    layers.append(dict(layer=l, twonn=tw, mle=tw + 1, sae_l0_fraction=l0,
+  for l, (tw, l0, orth, ab, dead) in zip((0, 3, 5), ((11.5, 0.031, 0.912, 1.37, 0.125),
+                                                      (14.25, 0.047, 0.887, 1.81, 0.25),
+                                                      (9.75, 0.062, 0.934, 2.45, None))):
+    layers.append(dict(layer=l, twonn=tw, mle=tw + 1, sae_l0_fraction=l0, sae_dead_fraction=dead,
                        sae_orthogonality=orth, abstraction=ab, precision=0.875,
                        specificity=0.625, systematicity=0.4375))
   return {"model": "minilm", "n_layers": 6, "layers": layers}
@@ -64,12 +64,16 @@ def test_tables_side_by_side():
   assert [(r["block"], r["gpt2_block"]) for r in cmp["rows"]] == [(0, 0), (3, 3), (5, 11)]
   last = cmp["rows"][2]
   assert last["abstraction"] == {"ours": 2.45, "published": 3.25}
-  assert last["l0_fraction"] == {"ours": 0.062, "published": 0.78}
+  assert last["l0_fraction"] == {"ours": 0.062, "published": 0.78, "ours_alive": None}
+  assert cmp["rows"][0]["l0_fraction"]["ours_alive"] == 0.875     # 1 - dead fraction
   assert cmp["rows"][0]["orthogonality"]["published"] == 0.5
   assert cmp["rows"][1]["precision"]["published"] is None    # not typed in: shown as missing
   page = seed_report.html_section(cmp)
-  for ours in ("11.5", "14.2", "0.031", "0.887", "2.45", "0.438"):   # ours, 3 significant
+  for ours in ("0.887", "2.45", "0.438", "0.062"):   # ours, 3 significant
     assert f'<td class="ours">{ours}</td>' in page
+  for ours, extra in (("11.5", "MLE 12.5"), ("14.2", "MLE 15.2"), ("0.031", "alive 0.875"),
+                      ("0.047", "alive 0.75")):   # a second reading under the value
+    assert f'<td class="ours">{ours}<br><small class="ours_' in page and extra in page
   for published in ("0.78", "0.5", "3.25"):
     assert f'<td class="published">{published}</td>' in page
   assert page.count('<td class="published">0.78</td>') == 3    # the report's one L0 value

@@ -92,6 +92,8 @@ def compare(results: dict, pub: dict) -> dict:
     for key, _ in GEOMETRY + PROPERTIES:
       row[key] = {"ours": r.get(OURS[key]), "published": _published(pub, theirs, key)}
     row["intrinsic_dimension"]["ours_mle"] = r.get("mle")
+    dead = r.get("sae_dead_fraction")   # the other reading of "fraction of active latents":
+    row["l0_fraction"]["ours_alive"] = None if dead is None else 1.0 - float(dead)  # ever fire
     rows.append(row)
   return {"model": results["model"], "published_model": pub["model"],
           "source": pub["source"], "recipe": pub["recipe"],
@@ -109,6 +111,14 @@ def _fmt(v) -> str:
   return f"{v:.3g}"
 
 
+EXTRAS = (("ours_alive", "alive"), ("ours_mle", "MLE"))   # second readings shown in a cell
+
+
+def _extra(cell: dict) -> str:
+  return "".join(f'<br><small class="{k}">{t} {_fmt(cell[k])}</small>' for k, t in EXTRAS
+                 if cell.get(k) is not None)
+
+
 def _table(cmp: dict, columns, title: str) -> str:
   head = "<th>block (ours)</th><th>GPT-2 block</th>" + "".join(
       f'<th colspan="2">{html.escape(t)}</th>' for _, t in columns)
@@ -116,7 +126,7 @@ def _table(cmp: dict, columns, title: str) -> str:
   body = ""
   for r in cmp["rows"]:
     gb = "–" if r["gpt2_block"] is None else str(r["gpt2_block"])
-    cells = "".join(f'<td class="ours">{_fmt(r[k]["ours"])}</td>'
+    cells = "".join(f'<td class="ours">{_fmt(r[k]["ours"])}{_extra(r[k])}</td>'
                     f'<td class="published">{_fmt(r[k]["published"])}</td>' for k, _ in columns)
     body += f"<tr><td>{r['block']}</td><td>{gb}</td>{cells}</tr>"
   reasons = "".join(f'<li class="reason"><b>{html.escape(t)}</b>: '
@@ -134,7 +144,9 @@ def html_section(cmp: dict) -> str:
            f"report's published {html.escape(cmp['published_model'])} numbers. Blocks pair by "
            "role: the same recipe block, or last with last. L0 fraction: "
            f"{html.escape(cmp['l0_fraction_definition'])} (published "
-           f"{cmp['l0_fraction_published']}). Intrinsic dimension (ours): TwoNN.</p>")
+           f"{cmp['l0_fraction_published']}); under it, ours as the fraction of latents that "
+           "fire at least once on the held-out tokens (alive), the other reading of 'fraction "
+           "of active latents'. Intrinsic dimension (ours): TwoNN, with MLE under it.</p>")
   return ('<section id="seed-report"><h2>The seed report\'s tables beside its GPT-2 numbers'
           f"</h2>{intro}"
           + _table(cmp, GEOMETRY, "Per block: intrinsic dimension, L0 fraction, orthogonality")
