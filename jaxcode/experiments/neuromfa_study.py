@@ -128,6 +128,12 @@ CLAIMS = {   # name: (fn(config, workdir, ctx) -> claim dict, family members it 
 }
 
 
+VERDICT_HINT = {   # what a claim computes beyond the family (progress lines)
+    "claim4": "a ResNet and a denoiser per matched size and training seed, then spectra",
+    "claim5": "the duplicated-corpus twin and the contaminated fine-tune, then spectra",
+}
+
+
 def selected_claims(config) -> list[str]:
   names = list(config.claims)
   if names == ["all"]:
@@ -209,11 +215,14 @@ def _family(config, workdir, names, data, mesh, wall) -> list[dict]:
   if all(CLAIMS[n][1] == "claim5" for n in names):
     members = [int(config.family.claim5_size)]
   points = []
-  for i in members:
+  for n, i in enumerate(members):
     cfg = stages.member_config(config, i)
     t0 = time.time()
+    stages.log(f"family member {n + 1}/{len(members)}: {cfg.name}, {cfg.params_nonembed:,} "
+               f"non-embedding parameters, {config.steps} steps")
     points.append(stages.lm_run(cfg, data, os.path.join(workdir, "family", cfg.name), mesh))
     wall[f"family/{cfg.name}"] = round(time.time() - t0, 1)
+    stages.log(f"{cfg.name} done in {wall[f'family/{cfg.name}']:.0f} s")
   return points
 
 
@@ -228,8 +237,10 @@ def _run(config, workdir: str, mesh=None) -> dict:
   claims = {}
   for name in names:
     t0 = time.time()
+    stages.log(f"{name}: {VERDICT_HINT.get(name, 'running')}")
     claims[name] = CLAIMS[name][0](config, workdir, ctx)
     wall[name] = round(time.time() - t0, 1)
+    stages.log(f"{name}: {claims[name]['verdict']} ({wall[name]:.0f} s)")
   out = {"experiment": "neuromfa_study", "variant": config.get("variant", ""),
          "claims": claims, "family": ctx["family"], "vocab": data["vocab"],
          "train_tokens": data["train_tokens"], "n_train_docs": data["n_train_docs"],

@@ -17,17 +17,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
+from jaxcode import parallel
 from jaxcode.analysis import neuromfa_study as study
 from jaxcode.pipeline import neuromfa as nmfa_stage
 from jaxcode.pipeline import neuromfa_study_lm as lm
 from jaxcode.pipeline import stage
 from jaxcode.train import optim
+
+def log(msg: str) -> None:
+  """One progress line on stderr (main process only)."""
+  if parallel.is_main_process():
+    print(f"neuromfa_study: {msg}", file=sys.stderr, flush=True)
+
 
 KEYS = ("alpha0", "width", "emergence", "null_alpha0", "null_width", "null_emergence")
 
@@ -50,6 +58,8 @@ def seed_spectra(block, labelled, kw: dict) -> dict:
   per_seed = {k: [] for k in KEYS}
   first = None
   for j, s in enumerate(block.seeds):
+    log(f"  spectra, sampling seed {j + 1}/{len(block.seeds)}: {len(labelled)} checkpoints "
+        "and their nulls")
     b = ml_collections.ConfigDict(block.to_dict())
     b.seeds, b.null_seed = (int(s),), int(block.null_seed) + 7919 * j
     out = nmfa_stage.analyse(b, labelled, kw)
@@ -76,6 +86,7 @@ def lm_run(cfg, data: dict, folder: str, mesh, start=None, series_head=(), lr=No
   live = lm.train_segments(cfg, task, folder, steps, mesh)
 
   def work() -> dict:
+    log(f"{os.path.basename(folder)}: held-out evaluation and spectra of each checkpoint")
     logged = lm.logged_losses(folder)
     params0 = start if start is not None else jax.jit(
         lambda k: lm.init_params(module, k, float(cfg.model.init_std)))(
@@ -110,6 +121,7 @@ def real_checkpoints(block, specs, folder: str) -> dict:
     t0 = time.time()
     models = []
     for spec in specs:
+      log(f"real checkpoint {spec}")
       labelled = nmfa_stage.load_checkpoints([spec])
       out = seed_spectra(block, labelled, nmfa_stage.validate(block))
       models.append({"spec": spec, "label": labelled[0][0], **out})
