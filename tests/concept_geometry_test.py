@@ -199,10 +199,18 @@ def test_lobes_stage_matches_analysis_and_is_reused(tmp_path):
   assert rec["balanced_accuracy"] == ref["probe"]["balanced_accuracy"]
   assert rec["sources"] == ref["sources"] and rec["code_prose_separation"] > 0.8
   assert len(out["clusters"]["labels"]["phi"]["2"]) == out["n_active"]
-  cache.get = None                       # complete: reused, nothing read from the cache
+  getter, cache.get = cache.get, None    # complete: reused, nothing read from the cache
   assert lobes.run(str(tmp_path / "lobes"), cache, "h", sae, 1, body, block, seed=0) == out
   with pytest.raises(ConfigError, match="lobes.block_len=9 is longer"):
     lobes.lobe_statistics(cache, "h", sae, 1, body, ConfigDict(dict(block, block_len=9)), 0)
+  # cluster counts not below the active features are dropped; none left: skipped, with why
+  cache.get = getter
+  more = lobes.lobe_statistics(cache, "h", sae, 1, body, ConfigDict(
+      dict(block, cluster_counts=(2, out["n_active"]))), 0)
+  assert more["cluster_counts"] == [2] and more["affinities"]["phi"]["2"] == rec
+  none = lobes.lobe_statistics(cache, "h", sae, 1, body, ConfigDict(dict(block, threshold=1e9)), 0)
+  assert none["n_active"] == 0 and none["affinities"] == {} and "clusters" not in none
+  assert "0 features fire above lobes.threshold=1000000000.0" in none["skipped"]
 
 
 # ------------------------------------------------------------------ galaxy

@@ -175,3 +175,19 @@ def test_stats_line_names_every_source_pair_with_three_sources():
   assert all(f"{k} {v:.3g}" in line for k, v in pairs.items())
   two = dict(rec, pair_separations={"code|prose": 0.92}, source_separation=0.92)
   assert "code/prose separation 0.92" in lobes_page._stats(two)
+
+
+def test_skipped_lobes_are_said_not_drawn(tmp_path):
+  """A layer whose lobes were skipped (too few features fire) gets no page, no table values,
+  and its reason in the findings; a skipped layer beside a clustered one keeps the latter."""
+  skipped = {"n_features": 16, "n_active": 1, "blocks": 40, "cluster_counts": [],
+             "fired_fraction": 0.01, "affinities": {},
+             "skipped": "1 features fire above lobes.threshold=0.2 in a block: too few for 2 "
+                        "clusters"}
+  assert report._lobe_pick(skipped, None) == {}
+  row = {"layer": 3, "lobes": skipped}
+  assert lobes_page.write_page(row, str(tmp_path)) is None
+  text = report._lobes_finding([row])
+  assert text.startswith("No block has a lobe clustering.") and "block 3 (1 features" in text
+  both = report._lobes_finding([{**_row(), "lobe_code_prose_separation": 0.5}, row])
+  assert "total-variation distance 0.50-0.50" in both and "Lobes skipped at block 3" in both

@@ -124,7 +124,9 @@ def lobe_statistics(cache, hookpoint: str, sae, prefix_len: int, body_len: int, 
   probe_null_mean, probe_null_sd, probe_sigma, sources, code_prose_separation,
   pair_separations, source_separation, source_ami, source_ami_null_mean, source_ami_null_sd,
   source_ami_sigma}}} and
-  clusters {active, labels {name | 'geometry': {k: labels}}}.
+  clusters {active, labels {name | 'geometry': {k: labels}}}. Cluster counts that are not
+  below the number of active features are dropped; with none left (an SAE whose codes rarely
+  pass lobes.threshold) the result has no affinities or clusters and says why in 'skipped'.
   """
   block_len = cg.check_block_len(block.block_len, body_len, "lobes.block_len")
   from jaxcode.models import sae_io
@@ -136,7 +138,15 @@ def lobe_statistics(cache, hookpoint: str, sae, prefix_len: int, body_len: int, 
   if t == 0:
     raise ConfigError(f"lobes: no complete block of {block_len} tokens in {hookpoint}: "
                       f"expected lobes.block_len <= the rows' text length {body_len}")
-  res = cg.lobes(c_MM, t, sae.W_dec, tuple(block.cluster_counts), tuple(block.affinities),
+  n_active = len(cg.active_features(c_MM))
+  counts = [int(k) for k in block.cluster_counts if int(k) < n_active]
+  if not counts:                   # known only now: an SAE whose codes rarely pass the threshold
+    return {"n_features": int(c_MM.shape[0]), "n_active": n_active, "blocks": int(t),
+            "cluster_counts": [], "fired_fraction": float(np.mean(fired_BM)),
+            "affinities": {}, "skipped": (
+                f"{n_active} features fire above lobes.threshold={block.threshold} in a "
+                f"block: too few for {min(block.cluster_counts)} clusters")}
+  res = cg.lobes(c_MM, t, sae.W_dec, tuple(counts), tuple(block.affinities),
                  int(block.n_null_ami), int(block.n_null_probe), fired_BM,
                  row_sources(cache)[rows_B], seed=SEED_OFFSET + int(seed))
   return summarise(res, fired_BM)

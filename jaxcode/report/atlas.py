@@ -115,8 +115,10 @@ TABLE = (("layer", "block"), ("twonn", "TwoNN"), ("mle", "MLE"), ("sae_l0", "SAE
 # ------------------------------------------------------------------ results.json
 
 def _lobe_pick(lobes: dict, config) -> dict:
+  if not lobes["cluster_counts"]:  # skipped: too few active features (pipeline.lobes)
+    return {}
   name = list(config.lobes.affinities)[0]
-  k = str(int(list(config.lobes.cluster_counts)[0]))
+  k = str(int(lobes["cluster_counts"][0]))
   r = lobes["affinities"][name][k]
   return dict(lobe_code_prose_separation=r["code_prose_separation"],
               lobe_ami_sigma=r["ami_sigma"], lobe_probe_sigma=r["probe_sigma"],
@@ -371,11 +373,7 @@ def support_text(results: dict) -> list[str]:
              f"same spectrum) at {int(np.sum(ce > 0))} of {n} blocks; the act/dec slopes are "
              "fits over a declared rank window, not evidence that the spectrum is a power law "
              "outside it (see the R^2 in results.json).")
-  sep = _col(rows, "lobe_code_prose_separation")
-  out.append(f"Code and prose blocks fall into different co-occurrence lobes with total-"
-             f"variation distance {np.nanmin(sep):.2f}-{np.nanmax(sep):.2f}; this is one "
-             "clustering of one small SAE per block on a small corpus, with AMI and probe "
-             "compared to their nulls (sigma columns); it is not a causal claim.")
+  out.append(_lobes_finding(rows))
   nm = results.get("neuromfa")
   if nm:
     out.append(f"NeuroMFA of the weights: alpha0 {nm['neuromfa_alpha0']:.3f}, width "
@@ -385,6 +383,19 @@ def support_text(results: dict) -> list[str]:
   out.append("Nothing in this report tests a brain mechanism: the numbers describe geometry "
              "and statistics of one model's activations and weights on this corpus.")
   return out
+
+
+def _lobes_finding(rows: list[dict]) -> str:
+  sep = _col(rows, "lobe_code_prose_separation")
+  skipped = [f"block {r['layer']} ({r['lobes']['skipped']})" for r in rows
+             if (r.get("lobes") or {}).get("skipped")]
+  tail = f" Lobes skipped at {'; '.join(skipped)}." if skipped else ""
+  if not np.isfinite(sep).any():
+    return "No block has a lobe clustering." + tail
+  return (f"Code and prose blocks fall into different co-occurrence lobes with total-"
+          f"variation distance {np.nanmin(sep):.2f}-{np.nanmax(sep):.2f}; this is one "
+          "clustering of one small SAE per block on a small corpus, with AMI and probe "
+          "compared to their nulls (sigma columns); it is not a causal claim." + tail)
 
 
 def _table(rows: list[dict], pages: dict[int, str]) -> str:
