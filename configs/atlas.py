@@ -25,7 +25,12 @@ made here: 5 blocks x ~3,100 dense ReLU updates of 640 x 1707 after extraction, 
 more on 2 CPU cores by the MiniLM run's rate (estimate). Measured on MiniLM, with 25 passes over
 7,972 tokens (--config.sae_passes=25 --config.extract.max_tokens=8192, dashboards and NeuroMFA
 off): 779 updates per block at 15-26 updates/s, 9.6 min wall on 2 shared cores (load ~10);
-L0 fraction 0.034/0.058/0.053 at blocks 0/3/5 against the report's 0.78.
+L0 fraction 0.034/0.058/0.053 at blocks 0/3/5 against the report's 0.78. The same run at block
+3 with a weaker L1 (--config.sae_train.sae.sparsity_coef, 2026-12-02): 0.05 -> L0 fraction
+0.058, 0.005 -> 0.415, 0.0005 -> 0.677, 0.00005 -> 0.685 (explained variance 0.90/0.98/0.997/
+1.000), no dead latent at any (alive fraction 1.0), so the report's 0.78 reads as a per-token
+fraction under a penalty 100x or more weaker than ours; at 0.005 and 0.0005 too few codes pass
+lobes.threshold 0.2 for lobes, which the atlas then skips with the reason.
 
 Any checkpoint by path: --config.model=/ckpt/my-llama (a safetensors directory of GPT-2,
 GPT-NeoX, BERT, Llama, Qwen2/3 or Gemma 2/3) or --config.model=/models/x.gguf (llama.cpp).

@@ -40,7 +40,9 @@ REASONS = dict(
     "code per token, but our L1 is 0.05 x sum_i |f_i| on activations scaled to E||x||^2 = 1 "
     "with unit-norm decoder rows; a penalty on mean_i |f_i| or on raw activations (GPT-2's "
     "residual norms are large) is far weaker and leaves most latents on, as the report's 0.78 "
-    "suggests; its normalisation is not in our sources.",
+    "suggests; its normalisation is not in our sources. Measured on MiniLM block 3 with "
+    "this recipe: L1 0.05 gives 0.058 per token, 0.005 gives 0.415, 0.0005 gives 0.677, with "
+    "no dead latent at any (configs/atlas.py).",
     orthogonality="Model and training: 1 - mean |cos| over decoder-direction pairs depends on "
     "d_sae / width (8/3 in both), on how far training went and on the decoder constraint "
     "(ours unit-norm); our corpus is ~16k tokens, far smaller than the report's.",
