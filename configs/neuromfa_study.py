@@ -16,7 +16,15 @@ Default sizes: non-embedding parameters 25,472 .. 793,344 (31x); with the corpus
 vocabulary (8,100 tokens, 1.2M training tokens) total parameters 0.29M .. 1.85M (6.4x: the
 tied embedding dominates small models). The largest measured 0.81 CPU-seconds per step (16 x
 128 tokens, 10 steps): 13-27 minutes for 2000 steps on 2 idle cores (92 minutes of wall time
-on the shared machine at load 12); the full default (:all) was not run here.
+on the shared machine at load 12). Measured 2026-12-02 on 2 cores (partly shared with other
+jobs): claims 1, 2, 3 and 5 at this default plus the real checkpoints in one workdir, 89 min
+(family 11, 16, 16, 33 min; claim 5's twin and fine-tune 29 min; MiniLM and Gemma 48 s);
+claim 4 with the family above and --config.claim4.max_params=60000 --config.claim4.steps=128
+--config.claim4.data.n_train=10000 --config.claim4.data.batch=32 (configs/neuromfa_vision.py's
+:small settings) 18 min; claim 4's own default (2000 steps, 60k images, all four sizes) was
+not run: its conv denoiser ran at 0.35 steps/s at the smallest size, hours on 2 cores.
+Verdicts there: claim 1 inconclusive, 2 inconclusive (E tracks accuracy, rho 0.92, but so
+does the null's, 0.93), 3 not supported (E falls with size), 4 inconclusive, 5 not supported.
 
 A rerun in the same workdir resumes; it may differ from the first run only in fields that
 cannot change results (jaxcode/workdir.py).

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from jaxcode import workdir as workdir_lib  # noqa: E402
 from jaxcode.report.common import save_figure as _save  # noqa: E402
@@ -103,6 +104,7 @@ def claim3_e_size(family, claim, path) -> str:
   ax.plot(xx, fit["intercept"] + fit["slope"] * np.log(xx), "-", lw=1,
           label=f"fit slope {fit['slope']:.3g}")
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())   # 2x10^4 .. 9x10^5 overlap
   ax.set_xlabel("non-embedding parameters")
   ax.set_ylabel("E at the last checkpoint")
   ax.legend(fontsize=7)
