@@ -128,7 +128,7 @@ CLAIMS = {   # name: (fn(config, workdir, ctx) -> claim dict, family members it 
 }
 
 
-VERDICT_HINT = {   # what a claim computes beyond the family (progress lines)
+PROGRESS_HINT = {   # what a claim computes beyond the family (progress lines)
     "claim4": "a ResNet and a denoiser per matched size and training seed, then spectra",
     "claim5": "the duplicated-corpus twin and the contaminated fine-tune, then spectra",
 }
@@ -237,7 +237,7 @@ def _run(config, workdir: str, mesh=None) -> dict:
   claims = {}
   for name in names:
     t0 = time.time()
-    stages.log(f"{name}: {VERDICT_HINT.get(name, 'running')}")
+    stages.log(f"{name}: {PROGRESS_HINT.get(name, 'running')}")
     claims[name] = CLAIMS[name][0](config, workdir, ctx)
     wall[name] = round(time.time() - t0, 1)
     stages.log(f"{name}: {claims[name]['verdict']} ({wall[name]:.0f} s)")

@@ -31,6 +31,7 @@ from jaxcode.pipeline import neuromfa_study_lm as lm
 from jaxcode.pipeline import stage
 from jaxcode.train import optim
 
+
 def log(msg: str) -> None:
   """One progress line on stderr (main process only)."""
   if parallel.is_main_process():
