@@ -22,7 +22,12 @@ The report gains the seed report's two tables beside its published GPT-2 numbers
 --config.model=PATH with --config.layers and --config.sae_train.sae.d_sae set for it (a block
 beyond the model's depth is refused in one line before compute). The full Gemma run was not
 made here: 5 blocks x ~3,100 dense ReLU updates of 640 x 1707 after extraction, an hour or
-more on 2 CPU cores by the MiniLM run's rate (estimate). Measured on MiniLM, with 25 passes over
+more on 2 CPU cores by the MiniLM run's rate (estimate). Measured on Gemma with fewer tokens
+(--config.extract.max_tokens=4096: 3,729 tokens, 50 passes = 729 updates per block;
+dashboards, NeuroMFA and evals off; 2026-12-02): 31 min on 2 shared cores, 15 of them the four
+properties; per block 0/3/6/9/17 L0 fraction 0.0039/0.0085/0.0064/0.0032/0.0075, alive
+fraction 0.04/0.63/0.26/0.08/0.70, explained variance 0.98/0.93/0.87/0.66/0.84, CE recovered
+0.67/0.92/0.92/0.88/0.85. Measured on MiniLM, with 25 passes over
 7,972 tokens (--config.sae_passes=25 --config.extract.max_tokens=8192, dashboards and NeuroMFA
 off): 779 updates per block at 15-26 updates/s, 9.6 min wall on 2 shared cores (load ~10);
 L0 fraction 0.034/0.058/0.053 at blocks 0/3/5 against the report's 0.78. The same run at block
