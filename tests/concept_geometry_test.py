@@ -9,6 +9,8 @@ Gaussian null (geometry notes B.3: with bootstrap-with-replacement duplicates th
 recipe is large and positive; without it negative; the corrected estimate ~0).
 """
 
+import shutil
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -251,7 +253,7 @@ def minilm():
   return load_pretrained(minilm_path())
 
 
-def _run_tiny(tmp_path, monkeypatch, lm, **overrides):
+def _run_tiny(tmp_path, monkeypatch, lm, workdir="w", **overrides):
   from configs import concept_geometry as cfgs
   from jaxcode.experiments import concept_geometry as exp
   monkeypatch.setattr(exp, "load_lm", lambda config: lm)
@@ -264,7 +266,7 @@ def _run_tiny(tmp_path, monkeypatch, lm, **overrides):
       node = node[p]
     node[last] = v
   c.lock()
-  return exp.run(c, str(tmp_path / "w"))
+  return exp.run(c, str(tmp_path / workdir))
 
 
 def test_experiment_sae_d_in_mismatch(tmp_path, monkeypatch, minilm):
@@ -350,3 +352,16 @@ def test_experiment_tiny_end_to_end_and_resume(tmp_path, monkeypatch, minilm, ca
   again = json.loads(results.read_text())
   for key in ("sae", "crystals", "lobes", "galaxy"):
     assert again[key] == out[key], key
+
+  # an SAE whose codes never pass lobes.threshold: the lobes stage skips the layer with its
+  # reason and the run still finishes (cache and SAEs reused from a copy of the workdir)
+  shutil.copytree(tmp_path / "w", tmp_path / "w_skip")
+  shutil.rmtree(tmp_path / "w_skip" / "lobes")
+  (tmp_path / "w_skip" / "config.json").unlink()    # the run is started over with a new config
+  _run_tiny(tmp_path, monkeypatch, minilm, workdir="w_skip", **{"lobes.threshold": 1e9})
+  skip = json.loads((tmp_path / "w_skip" / "results.json").read_text())
+  assert "0 features fire above lobes.threshold=1000000000.0" in skip["lobes"]["1"]["skipped"]
+  assert skip["lobes"]["1"]["affinities"] == {}
+  assert "lobes at layer 1 skipped" in capfd.readouterr().err
+  assert not any("lobes_" in os.path.basename(f) for f in skip["figures"])
+  assert skip["crystals"] == out["crystals"] and skip["galaxy"] == out["galaxy"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import sys
 
 import numpy as np
 
@@ -271,13 +272,19 @@ def _galaxy(config, layers, hooks, saes: dict, cache, act_idx_N) -> tuple[dict, 
 
 def _lobes(config, layers, hooks, saes: dict, cache, prefix_len: int, body_len: int,
            workdir: str) -> tuple[dict, dict]:
-  """Per lobes layer the lobes stage's statistics, and its clusters (for the figures)."""
+  """Per lobes layer the lobes stage's statistics, and its clusters (for the figures). A
+  layer whose SAE has too few features passing lobes.threshold keeps the stage's 'skipped'
+  reason, gets no clusters (so no lobe figures) and is named on stderr."""
   lobes, clusters = {}, {}
   for l in [int(v) for v in config.lobes.layers]:
     res = dict(lobes_stage.run(os.path.join(workdir, "lobes", f"layer_{l}"), cache,
                                hooks[layers.index(l)], saes[l], prefix_len, body_len,
                                config.lobes, int(config.seed)))
-    clusters[l] = res.pop("clusters")
+    if "clusters" in res:
+      clusters[l] = res.pop("clusters")
+    else:
+      print(f"[concept_geometry] lobes at layer {l} skipped: {res.get('skipped')}",
+            file=sys.stderr, flush=True)
     lobes[str(l)] = res
   return lobes, clusters
 
