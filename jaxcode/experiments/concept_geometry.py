@@ -202,7 +202,7 @@ def _cache(config, lm, hooks: list[str], workdir: str):
   bs = int(config.corpus.batch_size)
   cache_dir = os.path.join(workdir, "cache")
   activations.extract(lm, packed, hooks, cache_dir, batch_size=bs, rows_per_chunk=bs * 8,
-                      progress=False)
+                      progress=bool(config.get("progress", True)))
   return activations.ActivationCache.open(cache_dir)
 
 
