@@ -20,14 +20,17 @@ clipped to the model's depth (Gemma 3 270M, 18 blocks: 0,3,6,9,17; MiniLM, 6 blo
 The report gains the seed report's two tables beside its published GPT-2 numbers
 (jaxcode/resources/seed_report_gpt2.json, jaxcode.report.seed_report). Another model:
 --config.model=PATH with --config.layers and --config.sae_train.sae.d_sae set for it (a block
-beyond the model's depth is refused in one line before compute). The full Gemma run was not
-made here: 5 blocks x ~3,100 dense ReLU updates of 640 x 1707 after extraction, an hour or
-more on 2 CPU cores by the MiniLM run's rate (estimate). Measured on Gemma with fewer tokens
-(--config.extract.max_tokens=4096: 3,729 tokens, 50 passes = 729 updates per block;
-dashboards, NeuroMFA and evals off; 2026-12-02): 31 min on 2 shared cores, 15 of them the four
-properties; per block 0/3/6/9/17 L0 fraction 0.0039/0.0085/0.0064/0.0032/0.0075, alive
-fraction 0.04/0.63/0.26/0.08/0.70, explained variance 0.98/0.93/0.87/0.66/0.84, CE recovered
-0.67/0.92/0.92/0.88/0.85. Measured on MiniLM, with 25 passes over
+beyond the model's depth is refused in one line before compute). Measured: the variant
+as is on Gemma with dashboards, NeuroMFA and evals off (2026-12-02; 16,028 tokens, 3,131
+updates per block, 57 min on 2 cores shared with two other jobs: SAEs 4.4-6.9 min per block,
+the four properties 18 min): per block 0/3/6/9/17 TwoNN 3.90/3.98/5.98/8.77/7.48 (MLE
+3.95/3.99/6.62/9.78/12.79), L0 fraction 0.0043/0.0060/0.0056/0.0039/0.0078, alive fraction
+0.06/0.63/0.30/0.13/0.94, orthogonality 0.959/0.931/0.954/0.954/0.907, explained variance
+0.988/0.935/0.883/0.751/0.833, CE recovered 0.80/0.95/0.95/0.93/0.90; abstraction
+1.18/1.11/1.22/1.31/1.23, precision 0.40/0.45/0.57/0.75/0.77, specificity
+0.67/0.86/0.72/0.71/0.87, systematicity 0.53/0.81/0.84/0.91/0.86. With 3,729 tokens (729
+updates per block) the L0 fractions were 0.0039-0.0085 and the alive fractions 0.04-0.70.
+Measured on MiniLM, with 25 passes over
 7,972 tokens (--config.sae_passes=25 --config.extract.max_tokens=8192, dashboards and NeuroMFA
 off): 779 updates per block at 15-26 updates/s, 9.6 min wall on 2 shared cores (load ~10);
 L0 fraction 0.034/0.058/0.053 at blocks 0/3/5 against the report's 0.78. The same run at block

@@ -257,16 +257,25 @@ def _trained_saes(config, layers, hooks, cache, sae_idx_N, saes: dict, mesh,
   return metrics
 
 
+def _say(config, message: str) -> None:
+  """One progress line on stderr (config.progress)."""
+  if config.get("progress", True):
+    print(f"[concept_geometry] {message}", file=sys.stderr, flush=True)
+
+
 def _galaxy(config, layers, hooks, saes: dict, cache, act_idx_N) -> tuple[dict, dict]:
   """Per layer the galaxy statistics, and the (decoder, activation) eigenvalues."""
   galaxy, spectra = {}, {}
   for l, h in zip(layers, hooks):
+    t0 = time.time()
     r = lobes_stage.galaxy_statistics(saes[l].W_dec, np.asarray(cache.get(h, act_idx_N),
                                                                 np.float32),
                                       config.galaxy, int(config.seed))
     spectra[l] = (np.asarray(r.pop("eigenvalues_decoder")),
                   np.asarray(r.pop("eigenvalues_activations")))
     galaxy[str(l)] = r
+    _say(config, f"galaxy layer {l}: decoder power-law slope {r['decoder']['slope']:.2f} "
+                 f"({time.time() - t0:.0f} s)")
   return galaxy, spectra
 
 
@@ -277,14 +286,16 @@ def _lobes(config, layers, hooks, saes: dict, cache, prefix_len: int, body_len: 
   reason, gets no clusters (so no lobe figures) and is named on stderr."""
   lobes, clusters = {}, {}
   for l in [int(v) for v in config.lobes.layers]:
+    t0 = time.time()
     res = dict(lobes_stage.run(os.path.join(workdir, "lobes", f"layer_{l}"), cache,
                                hooks[layers.index(l)], saes[l], prefix_len, body_len,
                                config.lobes, int(config.seed)))
     if "clusters" in res:
       clusters[l] = res.pop("clusters")
+      _say(config, f"lobes layer {l}: {res['n_active']} of {res['n_features']} features fire "
+                   f"in a block ({time.time() - t0:.0f} s)")
     else:
-      print(f"[concept_geometry] lobes at layer {l} skipped: {res.get('skipped')}",
-            file=sys.stderr, flush=True)
+      _say(config, f"lobes at layer {l} skipped: {res.get('skipped')}")
     lobes[str(l)] = res
   return lobes, clusters
 
@@ -416,6 +427,8 @@ def _run(config, workdir: str) -> dict:
   crystals, crystal_plot = _crystals(config, lm, pairs, hooks[layers.index(cl)], saes[cl])
   crystals.update(layer=cl, source=config.crystals.source, relations=crystal_plot["relations"],
                   pairs=pair_counts)
+  _say(config, f"crystals layer {cl}: {crystals['n_relations']} relations, unlabeled search "
+               f"ARI {crystals['unlabeled']['ari']:.3f}")
 
   out = {"experiment": "concept_geometry", "variant": config.get("variant", ""),
          "model": config.model, "layers": layers, "hook": config.hook,
