@@ -30,10 +30,13 @@ the four properties 18 min): per block 0/3/6/9/17 TwoNN 3.90/3.98/5.98/8.77/7.48
 1.18/1.11/1.22/1.31/1.23, precision 0.40/0.45/0.57/0.75/0.77, specificity
 0.67/0.86/0.72/0.71/0.87, systematicity 0.53/0.81/0.84/0.91/0.86. With 3,729 tokens (729
 updates per block) the L0 fractions were 0.0039-0.0085 and the alive fractions 0.04-0.70.
-Measured on MiniLM, with 25 passes over
-7,972 tokens (--config.sae_passes=25 --config.extract.max_tokens=8192, dashboards and NeuroMFA
-off): 779 updates per block at 15-26 updates/s, 9.6 min wall on 2 shared cores (load ~10);
-L0 fraction 0.034/0.058/0.053 at blocks 0/3/5 against the report's 0.78. The same run at block
+Measured on MiniLM, the variant as is with every stage (15,820 tokens, 3,090 updates per
+block; 8.7 min on 2 shared cores): blocks 0/3/5
+TwoNN 4.69/6.42/4.29 (MLE 5.31/7.28/7.10), L0 fraction 0.014/0.033/0.029 against the report's
+0.78, no dead latent, orthogonality 0.944/0.936/0.949, explained variance 0.960/0.908/0.911;
+abstraction 1.14/1.17/1.12, precision 0.845/0.818/0.735, specificity 0.848/0.835/0.879,
+systematicity 0.903/0.910/0.882. With 25 passes over 7,972 tokens (--config.sae_passes=25
+--config.extract.max_tokens=8192) the L0 fractions were 0.034/0.058/0.053. The same run at block
 3 with a weaker L1 (--config.sae_train.sae.sparsity_coef, 2026-12-02): 0.05 -> L0 fraction
 0.058, 0.005 -> 0.415, 0.0005 -> 0.677, 0.00005 -> 0.685 (explained variance 0.90/0.98/0.997/
 1.000), no dead latent at any (alive fraction 1.0), so the report's 0.78 reads as a per-token
