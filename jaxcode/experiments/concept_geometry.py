@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import sys
+import time
 
 import numpy as np
 
