@@ -80,7 +80,8 @@ def get_config(variant: str = "minilm") -> ConfigDict:
   c.variant = variant            # written into results.json
   c.seed = 0                     # subsampling, SAE data order, nulls, spectral clustering
                                  # (an SAE's init: sae_train.seed)
-  c.progress = True              # a progress bar on stderr while the cache is extracted
+  c.progress = True              # on stderr: a bar while the cache is extracted, a line per
+                                 # galaxy and lobes layer and for the crystals
   c.model = "minilm"             # 'minilm' (the embedded MiniLM) or a HF model dir / hub id
   c.layers = (0, 1, 2, 3, 4, 5)  # blocks whose hookpoint is analysed
   c.hook = "resid_post"          # blocks.<layer>.<hook>
